@@ -38,6 +38,7 @@ Reading a shard with a different tokenizer than the one that wrote it is an erro
 sources `en`, `th`, ... and `bi.en-th`, ... (each pair as two documents, "English\\nThai" and "Thai\\nEnglish").
 By default it only tokenizes (the bundled sample is curated text); `stages=` turns the filters on.
 """
+import array
 import dataclasses
 import gzip
 import hashlib
@@ -47,6 +48,7 @@ import os
 import struct
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -80,24 +82,38 @@ def _open_text(path):
     return opener(path, "rt", encoding="utf-8", errors="replace")
 
 
-def _lines(path, start=0, end=None, stats=None):
-    """Decoded lines of a file (or of the byte range [start, end): a line belongs to the range it starts in).
-    Bad UTF-8 is replaced by U+FFFD and counted in stats["bad_utf8_lines"]."""
+def _lines(path, start=0, end=None, stats=None, block=4 << 20):
+    """Decoded lines (without the newline) of a file, or of the byte range [start, end): a line belongs to the range
+    it starts in. Read in blocks of whole lines and decoded a block at a time (5x faster than line by line on short
+    lines); bad UTF-8 is replaced by U+FFFD and counted in stats["bad_utf8_lines"]. Byte offsets of .gz/.xz files are
+    offsets in the decompressed stream (seeking there decompresses and discards what comes before)."""
     with _open_binary(path) as f:
-        pos = start
         if start > 0:
             f.seek(start - 1)
-            pos = start - 1 + len(f.readline())                        # skip the line that began before start
-        for raw in f:
-            if end is not None and pos >= end:
-                break
-            pos += len(raw)
+            f.readline()                                               # skip the line that began before start
+        left = None if end is None else end - f.tell()
+        while left is None or left > 0:
+            buf = f.read(block if left is None else min(block, left))
+            if not buf:
+                return
+            if not buf.endswith(b"\n"):
+                buf += f.readline()                                    # finish the last line (it began in range)
+            if left is not None:
+                left -= len(buf)
             try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError:
-                if stats is not None:
-                    stats["bad_utf8_lines"] += 1
-                yield raw.decode("utf-8", errors="replace")
+                lines = buf.decode("utf-8").split("\n")
+            except UnicodeDecodeError:                                 # rare: decode line by line to count them
+                lines = []
+                for raw in buf.split(b"\n"):
+                    try:
+                        lines.append(raw.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        if stats is not None:
+                            stats["bad_utf8_lines"] += 1
+                        lines.append(raw.decode("utf-8", errors="replace"))
+            if lines[-1] == "":
+                lines.pop()                                            # after the final newline
+            yield from lines
 
 
 def read_records(path, txt_docs="line", start=0, end=None, stats=None, strict=True):
@@ -167,8 +183,16 @@ def read_pairs(path):
 
 
 def is_val(text, val_frac):
-    """Deterministic split from the document's own content (md5 -> uniform in [0, 1))."""
-    return lid.content_hash_frac(text) < val_frac
+    """Deterministic train/val split from the document's own content: its CRC-32 as a uniform number in [0, 1).
+    (A checksum, not a cryptographic hash, is plenty to spread natural text evenly, and 5x cheaper than md5 per call:
+    on short lines the split hash was a fifth of the tokenization stage's time.)"""
+    return zlib.crc32(text.encode("utf-8", "surrogatepass")) < val_frac * 2**32
+
+
+def val_mask(texts, val_frac):
+    """[is_val(t, val_frac) for t in texts], inlined: this runs once per document of the whole corpus."""
+    crc, limit = zlib.crc32, val_frac * 2**32
+    return [crc(t.encode("utf-8", "surrogatepass")) < limit for t in texts]
 
 
 def _split_key(kind, doc):
@@ -287,10 +311,12 @@ def encode_documents(enc, docs):
     alone (and is faster than encode_ordinary_batch, whose per-document thread hand-off dominates)."""
     if not docs:
         return np.zeros(0, dtype=np.uint32)
-    if any(EOT_TEXT in d for d in docs):                               # the literal text is not the special token
-        return np.array([t for d in docs for t in (*enc.encode_ordinary(d), enc.eot_token)], dtype=np.uint32)
-    ids = enc.encode(EOT_TEXT.join(docs) + EOT_TEXT, allowed_special={EOT_TEXT})
-    return np.array(ids, dtype=np.uint32)
+    text = EOT_TEXT.join(docs) + EOT_TEXT
+    if text.count(EOT_TEXT) != len(docs):                              # a document holds the literal text, which
+        ids = [t for d in docs for t in (*enc.encode_ordinary(d), enc.eot_token)]   # is not the special token
+    else:
+        ids = enc.encode(text, allowed_special={EOT_TEXT})
+    return np.frombuffer(array.array("I", ids), dtype=np.uint32)      # 3x faster than np.array(list of ints)
 
 
 def tokenize_documents(enc, docs):

@@ -19,7 +19,7 @@ Latin-script languages (es/pt/it, de/nl/en, id) and between zh and ja (kana is d
 
 Train (the shipped model, data/lid/model.npz, 1.7 MB, trained on data/sample/mono minus its held-out slice):
     python lid.py --train data/sample/mono --out data/lid/model.npz
-Evaluate on the held-out slice (lines with `data.is_val(line, HOLDOUT)`, never used in training):
+Evaluate on the held-out slice (lines with `content_hash_frac(line) < HOLDOUT`, never used in training):
     python lid.py --eval data/sample/mono
 Label text (one language code per input line), also `python data.py --lid FILE`:
     python lid.py FILE
@@ -33,7 +33,7 @@ import regex
 
 LANGS = "zh en es de fr pt ru it ar ja ko th vi id pl tr nl he".split()   # = data.LANGS (data imports us)
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "lid" / "model.npz"
-HOLDOUT = 0.1            # share of the training corpus held out for evaluation (by content hash, as data.is_val)
+HOLDOUT = 0.1            # share of the training corpus held out for evaluation (by content hash)
 MAX_N = 5                # character n-grams of length 1..MAX_N
 TOP_K = 16000            # vocabulary: the top_k most frequent n-grams of each language (union over languages)
 ALPHA = 0.1              # add-alpha smoothing of the per-language n-gram distributions
@@ -255,7 +255,7 @@ def train(lines_by_lang, top_k=TOP_K, alpha=ALPHA, max_n=MAX_N):
 
 
 def content_hash_frac(text):
-    """A uniform number in [0, 1) from the text's md5: deterministic splits by content (data.is_val uses it too)."""
+    """A uniform number in [0, 1) from the text's md5: deterministic held-out slices by content."""
     return int.from_bytes(hashlib.md5(text.encode("utf-8", "surrogatepass")).digest()[:8], "little") / 2**64
 
 

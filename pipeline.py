@@ -60,8 +60,9 @@ def _declared_lang(path):
 
 
 def plan_units(inputs, chunk_bytes=64 << 20, txt_docs="line"):
-    """Units for files and directories (searched recursively, sorted): big uncompressed files are cut into
-    byte ranges of chunk_bytes (line-per-document formats only) so that one file can use many workers."""
+    """Units for files and directories (searched recursively, sorted). Big files are cut into ranges of about
+    chunk_bytes at document boundaries (_cut_points) so that one file can use many workers; compressed ones too,
+    by offsets in the decompressed stream, when their compressed size is over chunk_bytes / 4."""
     files = []
     for inp in inputs:
         p = Path(inp)
@@ -81,12 +82,33 @@ def plan_units(inputs, chunk_bytes=64 << 20, txt_docs="line"):
             units.append(Unit(str(f), "bilingual", xx, "bi." + name.split(".")[0]))
             continue
         lang, size = _declared_lang(f), f.stat().st_size
-        splittable = not name.endswith((".gz", ".xz")) and (".jsonl" in name or txt_docs == "line")
-        if splittable and chunk_bytes and size > chunk_bytes:
-            units += [Unit(str(f), "mono", lang, None, s, min(s + chunk_bytes, size)) for s in range(0, size, chunk_bytes)]
+        compressed = name.endswith((".gz", ".xz"))
+        if chunk_bytes and size > (chunk_bytes // 4 if compressed else chunk_bytes):
+            cuts = _cut_points(f, chunk_bytes, blank=txt_docs == "blank" and ".jsonl" not in name)
+            units += [Unit(str(f), "mono", lang, None, s, e) for s, e in zip(cuts, cuts[1:] + [None])]
         else:
             units.append(Unit(str(f), "mono", lang, None))
     return units
+
+
+def _cut_points(path, chunk_bytes, blank=False):
+    """[0, c1, c2, ...]: offsets about chunk_bytes apart where a document starts: the start of a line, or with
+    blank-line separated documents the start of the line after a blank one. For .gz/.xz these are offsets in the
+    decompressed stream: finding them decompresses the file once, and a worker seeking to its range decompresses
+    (and discards) what comes before it, a few % of the filter stages' cost per byte."""
+    cuts = [0]
+    with data._open_binary(path) as f:
+        while True:
+            f.seek(cuts[-1] + chunk_bytes)                             # forward only: cheap for compressed streams
+            line = f.readline()                                        # the rest of the line we landed in
+            if blank and line:
+                line = f.readline()
+                while line and line.strip():                           # whole lines up to a blank one
+                    line = f.readline()
+            pos = f.tell()
+            if not line or not f.read(1):                              # nothing after the cut: the last range
+                return cuts
+            cuts.append(pos)
 
 
 # ----------------------------------------------------------------------------- the pipeline: one unit's work
@@ -114,13 +136,15 @@ def _new_stats():
 
 
 def _batches(unit, ctx, stats, batch_bytes=4 << 20):
-    """Lists of (text, declared lang) of about batch_bytes; reading time is booked under "read"."""
+    """Lists of (text, declared lang, utf-8 bytes) of about batch_bytes; reading time is booked under "read". The
+    byte count is taken once here and carried along (the stats of every stage need it)."""
     it = data.read_records(unit.path, ctx["txt_docs"], unit.start, unit.end, stats["counts"], strict=False)
     while True:
         t, batch, size = time.perf_counter(), [], 0
         for text, lang in it:
-            batch.append((text, lang or unit.lang))
-            size += len(text.encode("utf-8", "surrogatepass"))
+            n = len(text.encode("utf-8", "surrogatepass"))
+            batch.append((text, lang or unit.lang, n))
+            size += n
             if size >= batch_bytes:
                 break
         stats["seconds"]["read"] += time.perf_counter() - t
@@ -131,85 +155,78 @@ def _batches(unit, ctx, stats, batch_bytes=4 << 20):
 
 
 def _filter_batch(batch, unit, ctx, stats):
-    """The per-document stages on one batch: [(text, lang)] of the kept documents, counts booked per language."""
+    """The per-document stages on one batch of (text, declared lang, bytes): the kept documents in the same form
+    (lang now always set), counts booked per language."""
     stages, by_lang = ctx["stages"], stats["by_lang"]
-    texts = [t for t, _ in batch]
-    declared = [lang for _, lang in batch]
     if unit.kind != "mono":                                            # parallel pairs: only tokenized
-        for t in texts:
-            by_lang[unit.source]["docs"] += 1
-            by_lang[unit.source]["bytes"] += len(t.encode("utf-8", "surrogatepass"))
-        return [(t, unit.lang) for t in texts]
+        c = by_lang[unit.source]
+        c["docs"] += len(batch)
+        c["bytes"] += sum(n for _, _, n in batch)
+        return batch
 
-    def timed(stage, fn):
+    def timed(stage, fn, docs):
         t0 = time.perf_counter()
-        stats["bytes"][stage] += sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        stats["bytes"][stage] += sum(n for _, _, n in docs)
         out = fn()
         stats["seconds"][stage] += time.perf_counter() - t0
         return out
 
-    pred = None
-    if "lid" in stages:
-        model = _model("lid", stats)
-        pred = timed("lid", lambda: model.predict(texts))
-    langs = [d or (p if pred else "other") for d, p in zip(declared, pred or declared)]   # booked under this
-    for t, lang in zip(texts, langs):
-        by_lang[lang]["docs"] += 1
-        by_lang[lang]["bytes"] += len(t.encode("utf-8", "surrogatepass"))
-    if pred:
-        keep = []
-        for i, (d, p) in enumerate(zip(declared, pred)):
-            if p == "other":
-                by_lang[langs[i]]["removed:lid_other"] += 1
-            elif d and p != d:
-                by_lang[d]["removed:lid_mismatch"] += 1
-            else:
-                keep.append(i)
-        texts, langs = [texts[i] for i in keep], [langs[i] for i in keep]
+    pred = timed("lid", lambda: _model("lid", stats).predict([t for t, _, _ in batch]), batch) \
+        if "lid" in stages else [None] * len(batch)
+    docs = []
+    for (text, declared, n), p in zip(batch, pred):
+        lang = declared or p or "other"                                # booked under this
+        c = by_lang[lang]
+        c["docs"] += 1
+        c["bytes"] += n
+        if p == "other":
+            c["removed:lid_other"] += 1
+        elif p and declared and p != declared:
+            c["removed:lid_mismatch"] += 1
+        else:
+            docs.append((text, lang, n))
     if "rules" in stages:
         rules = filters.RuleConfig(**ctx["rules"])
 
         def run_rules():
-            out_t, out_l = [], []
-            for t, lang in zip(texts, langs):
-                t2, why = filters.apply_rules(t, lang, rules)
+            out = []
+            for text, lang, n in docs:
+                t2, why = filters.apply_rules(text, lang, rules)
                 if why:
                     by_lang[lang]["removed:rules:" + why] += 1
-                else:
-                    out_t.append(t2)
-                    out_l.append(lang)
-            return out_t, out_l
-        texts, langs = timed("rules", run_rules)
-    if "quality" in stages and texts:
-        model = _model("quality", stats)
-        keep, _ = timed("quality", lambda: model.keep(texts, langs))
-        for t, lang, k in zip(texts, langs, keep):
+                else:                                                  # rules may drop boilerplate lines
+                    out.append((t2, lang, n if t2 is text else len(t2.encode("utf-8", "surrogatepass"))))
+            return out
+        docs = timed("rules", run_rules, docs)
+    if "quality" in stages and docs:
+        keep, _ = timed("quality", lambda: _model("quality", stats).keep([t for t, _, _ in docs],
+                                                                          [lang for _, lang, _ in docs]), docs)
+        for (_, lang, _), k in zip(docs, keep):
             if not k:
                 by_lang[lang]["removed:quality"] += 1
-        texts = [t for t, k in zip(texts, keep) if k]
-        langs = [lang for lang, k in zip(langs, keep) if k]
-    return list(zip(texts, langs))
+        docs = [d for d, k in zip(docs, keep) if k]
+    return docs
 
 
 class _Parts:
     """Per (source, split) output of one unit: token shards (or JSONL text without the tokenize stage)."""
 
-    def __init__(self, unit, ctx, out_dir):
-        self.unit, self.ctx, self.dir = unit, ctx, Path(out_dir)
+    def __init__(self, unit, ctx, prefix):
+        self.unit, self.ctx, self.prefix = unit, ctx, Path(prefix)   # files <prefix>.<source>.<split>.bin
         self.writers, self.counts = {}, defaultdict(Counter)
         self.tokenize = "tokenize" in ctx["stages"]
 
     def add(self, docs, stats):
-        """docs: [(text, lang)] in order; grouped by (source, split) keeping the order inside each group."""
+        """docs: [(text, lang, bytes)] in order; grouped by (source, split) keeping the order inside each group."""
         groups = defaultdict(list)
-        for text, lang in docs:
-            source = self.unit.source or lang
-            split = "val" if data.is_val(data._split_key(self.unit.kind, text), self.ctx["val_frac"]) else "train"
-            groups[(source, split)].append(text)
-        for (source, split), texts in groups.items():
+        keys = [t for t, _, _ in docs] if self.unit.kind == "mono" else [data._split_key("bilingual", t) for t, _, _ in docs]
+        for (text, lang, n), val in zip(docs, data.val_mask(keys, self.ctx["val_frac"])):
+            groups[(self.unit.source or lang, "val" if val else "train")].append((text, n))
+        for (source, split), group in groups.items():
+            texts = [t for t, _ in group]
             c = self.counts[f"{source}.{split}"]
             c["docs"] += len(texts)
-            nbytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+            nbytes = sum(n for _, n in group)
             c["bytes"] += nbytes
             w = self._writer(source, split)
             if self.tokenize:
@@ -226,13 +243,13 @@ class _Parts:
     def _writer(self, source, split):
         key = (source, split)
         if key not in self.writers:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.prefix.parent.mkdir(parents=True, exist_ok=True)
             if self.tokenize:
                 # parts skip fsync (the rename alone keeps a killed run safe); the joined shards are synced
-                self.writers[key] = data.ShardWriter(self.dir / f"{source}.{split}.bin", self.ctx["tokenizer_hash"],
+                self.writers[key] = data.ShardWriter(f"{self.prefix}.{source}.{split}.bin", self.ctx["tokenizer_hash"],
                                                      self.ctx["vocab_size"], fsync=False)
             else:
-                self.writers[key] = _TextWriter(self.dir / f"{source}.{split}.jsonl")
+                self.writers[key] = _TextWriter(f"{self.prefix}.{source}.{split}.jsonl")
         return self.writers[key]
 
     def close(self):
@@ -269,11 +286,11 @@ def _stats_json(stats):
 def _dedup_arrays(docs, ctx, stats):
     """Exact keys, MinHash signatures and LSH band keys of the kept documents of a batch."""
     t0 = time.perf_counter()
-    texts, langs = [t for t, _ in docs], [lang for _, lang in docs]
+    texts, langs = [t for t, _, _ in docs], [lang for _, lang, _ in docs]
     exact = np.array([filters.exact_key(t) for t in texts], dtype=np.uint64)
     sig = filters.minhash_signatures(texts, langs, ctx["num_perm"], 0, ctx["shingle_words"], ctx["shingle_chars"])
     stats["seconds"]["minhash"] += time.perf_counter() - t0
-    stats["bytes"]["minhash"] += sum(len(t) for t in texts)
+    stats["bytes"]["minhash"] += sum(n for _, _, n in docs)
     return exact, sig, filters.band_keys(sig, ctx["bands"])
 
 
@@ -286,13 +303,13 @@ def run_unit(task):
     key = unit.key
     stats = _new_stats()
     if phase in ("fused", "tokenize"):
-        parts = _Parts(unit, ctx, work / "parts" / key)
+        parts = _Parts(unit, ctx, work / "parts" / key)              # its files: parts/<key>.<source>.<split>.*
         if phase == "fused":
             for batch in _batches(unit, ctx, stats):
                 parts.add(_filter_batch(batch, unit, ctx, stats), stats)
         else:
             with open(work / "filtered" / f"{key}.jsonl", encoding="utf-8") as f:
-                docs = [(r["t"], r["l"]) for r in map(json.loads, f)]
+                docs = [(r["t"], r["l"], len(r["t"].encode("utf-8", "surrogatepass"))) for r in map(json.loads, f)]
             parts.add([d for d, dropped in zip(docs, drop) if not dropped], stats)
         _atomic_json(work / "parts" / f"{key}.json", {"unit": dataclasses.asdict(unit), "files": parts.close(),
                                                      "stats": _stats_json(stats)})
@@ -304,7 +321,7 @@ def run_unit(task):
     with open(f"{base}.jsonl.tmp", "w", encoding="utf-8") as f:
         for batch in _batches(unit, ctx, stats):
             docs = _filter_batch(batch, unit, ctx, stats)
-            f.write("".join(json.dumps({"t": t, "l": lang}, ensure_ascii=False) + "\n" for t, lang in docs))
+            f.write("".join(json.dumps({"t": t, "l": lang}, ensure_ascii=False) + "\n" for t, lang, _ in docs))
             e, s, b = _dedup_arrays(docs, ctx, stats)
             ex.append(e)
             sg.append(s)
@@ -475,7 +492,7 @@ def _finish(units, out, work, ctx, stages, fingerprint, settings, dedup_stats, t
             _merge_stats(total, json.loads((work / "filtered" / f"{u.key}.json").read_text())["stats"])
         for name, c in rec["files"].items():
             src = name.rsplit(".", 1)[0]
-            parts[name].append((work / "parts" / u.key / (name + (".bin" if "tokenize" in stages else ".jsonl")), c))
+            parts[name].append((work / "parts" / f"{u.key}.{name}{'.bin' if 'tokenize' in stages else '.jsonl'}", c))
             kinds[src] = u.kind
             langs[src] = u.lang if u.kind == "bilingual" or src.startswith("hq.") else (u.source or src)
             if u.path not in inputs[src]:

@@ -96,6 +96,7 @@ def test_missing_mono_dir_is_a_clear_error(tmp_path):
 
 # ----------------------------------------------------------------------------- readers, the streaming pipeline
 
+import gzip  # noqa: E402
 import lzma  # noqa: E402
 
 import pipeline  # noqa: E402
@@ -121,6 +122,48 @@ def test_byte_range_units_cover_every_line_once(tmp_path):
     assert len(units) > 10
     got = [t for u in units for t, _ in data.read_records(u.path, start=u.start, end=u.end)]
     assert got == lines
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".txt.gz", ".txt.xz", ".jsonl.gz"])
+@pytest.mark.parametrize("txt_docs", ["line", "blank"])
+def test_chunked_units_read_every_document_once(tmp_path, suffix, txt_docs):
+    """Big files are cut at document boundaries: line starts, after blank lines for blank-separated .txt, and
+    decompressed offsets for .gz/.xz; reading the units one after the other gives the whole file's documents."""
+    docs = [" ".join(f"w{i}x{j}" for j in range(i % 23 + 1)) for i in range(400)]
+    if txt_docs == "blank" and ".txt" in suffix:                        # paragraphs of 1-3 lines, 1-2 blank lines
+        docs = ["\n".join([d] * (i % 3 + 1)) for i, d in enumerate(docs)]
+        text = "".join(d + "\n" + "\n" * (i % 2 + 1) for i, d in enumerate(docs))
+    elif ".jsonl" in suffix:
+        text = "".join(json.dumps({"text": d}) + "\n" for d in docs)
+    else:
+        text = "".join(d + "\n" for d in docs)
+    path = tmp_path / f"big{suffix}"
+    opener = gzip.open if suffix.endswith(".gz") else lzma.open if suffix.endswith(".xz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        f.write(text)
+    units = pipeline.plan_units([path], chunk_bytes=1000, txt_docs=txt_docs)
+    assert len(units) > 10 and units[0].start == 0 and units[-1].end is None
+    got = [t for u in units for t, _ in data.read_records(u.path, txt_docs, u.start, u.end)]
+    assert got == [t for t, _ in data.read_records(path, txt_docs)] == docs
+
+
+def test_chunking_does_not_change_the_output(tmp_path, byte_enc):
+    """One unit per file or many 1 KB units: the same shards, byte for byte (documents keep their order)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "de.txt").write_text("\n\n".join(_sample_lines("de", 200, 20)) + "\n")
+    with gzip.open(inp / "en.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("\n\n".join(_sample_lines("en", 200, 20)) + "\n")
+    quiet = dict(val_frac=0.2, log=lambda s: None, options=pipeline.Options(txt_docs="blank"), stages=("tokenize",))
+    whole = pipeline.run_pipeline(pipeline.plan_units([inp], txt_docs="blank"), tmp_path / "a", byte_enc, "ab" * 32,
+                                  workers=1, **quiet)
+    units = pipeline.plan_units([inp], chunk_bytes=1000, txt_docs="blank")
+    assert len(units) > 20
+    chunked = pipeline.run_pipeline(units, tmp_path / "b", byte_enc, "ab" * 32, workers=2, **quiet)
+    assert whole["sources"] == chunked["sources"] and whole["sources"]["en"]["train"]["docs"] > 100
+    for e in whole["sources"].values():
+        for s in ("train", "val"):
+            assert (tmp_path / "a" / e[s]["file"]).read_bytes() == (tmp_path / "b" / e[s]["file"]).read_bytes()
 
 
 def _sample_lines(lang, n, min_chars):

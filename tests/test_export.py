@@ -92,7 +92,7 @@ def test_export_writes_a_plain_gpt2_that_gives_our_logits(run):
             worst = max(worst, (ours(x) - hf(x).logits).abs().max().item())
     assert worst < 1e-4, worst
     x = torch.tensor([enc.encode(TEXTS["en"])[:8]])                                        # greedy decoding agrees
-    g_ours = ours.generate(x, 12, temperature=0)
+    g_ours = ours.generate(x, 12, temperature=0, stop_ids=[enc.eot_token])        # HF stops at its eos_token_id
     g_hf = hf.generate(x, max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(x))
     assert g_ours.tolist() == g_hf.tolist()
 
