@@ -182,6 +182,9 @@ def read_pairs(path):
                 yield parts[0].strip(), parts[1].strip()
 
 
+SPLIT_HASH = "crc32"      # recorded in the manifest: shards made with another split function are re-made
+
+
 def is_val(text, val_frac):
     """Deterministic train/val split from the document's own content: its CRC-32 as a uniform number in [0, 1).
     (A checksum, not a cryptographic hash, is plenty to spread natural text evenly, and 5x cheaper than md5 per call:
@@ -377,7 +380,7 @@ class DataConfig:
     val_frac: float = 0.05              # share of documents held out for validation (by content hash)
     workers: int = 0                    # worker processes (0 = one per core)
     txt_docs: str = "line"              # .txt documents: line (one per line) | blank (blank-line separated)
-    chunk_mb: int = 64                  # uncompressed files bigger than this are split into units of this size
+    chunk_mb: int = 64                  # files bigger than this (.gz/.xz: over a quarter of it) are split into units this big
     min_words: int = 2                  # rules: minimum words (Gopher: 50 for web pages); zh/ja/th use min_chars
     quality_ref: str = "data/sample/mono"  # high-quality reference for the quality model: <lang>.txt files
     quality_quantile: float = 0.995     # quality threshold: this quantile of held-out reference bits/char

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from kernels import linear_cross_entropy
+from kernels.compiled import maybe_compile
 
 
 @dataclasses.dataclass
@@ -151,6 +152,18 @@ class PolyLM(nn.Module):
             else:
                 x = block(x, kv, attn_mask)
         return self.ln_f(x)
+
+    def compile_blocks(self):
+        """torch.compile each Transformer block in place (train.py --compile=True), as torchtitan does.
+
+        Inside a block Inductor fuses what eager PyTorch runs as separate memory passes: the c_fc bias + GeLU, the
+        residual add + the next LayerNorm, the q/k/v split and transposes. Blocks are identical, so the compiled code
+        is generated once and reused by every layer (compile time does not grow with depth). The embedding and the
+        loss stay eager: the loss is kernels.linear_cross_entropy, already fused by hand. Where compile is not
+        available (see kernels.compiled.maybe_compile) the blocks stay eager, with a logged warning."""
+        for block in self.h:
+            maybe_compile(block)
+        return self
 
     def forward(self, idx, targets=None, ignore_index=-100, kernel="auto"):
         """Without targets: logits (B, T, vocab). With targets: the mean cross-entropy (logits never built)."""

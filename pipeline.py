@@ -2,7 +2,8 @@
 the overview, the readers and the shard format, lid.py and filters.py the models and rules.
 
 How a run is organised (run_pipeline):
-  1. plan: the inputs become units of work (a file, or a 64 MB byte range of a big uncompressed one);
+  1. plan: the inputs become units of work (a file, or a ~64 MB range of a big one, cut at a document boundary;
+     for .gz/.xz a range of the decompressed stream);
   2. per unit, in worker processes: read -> lid -> rules -> quality, then either tokenize straight away ("fused",
      without the dedup stage) or save the kept documents with their exact-duplicate keys and MinHash signatures
      ("filter"); every unit ends by writing a small JSON marker, so a re-run skips it;
@@ -395,7 +396,7 @@ def run_pipeline(units, out_dir, enc=None, tokenizer_hash=None, stages=STAGES, v
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lid_model = lid.MODEL_PATH
-    settings = {"stages": stages, "val_frac": val_frac, "tokenizer_hash": tokenizer_hash,
+    settings = {"stages": stages, "val_frac": val_frac, "tokenizer_hash": tokenizer_hash, "split": data.SPLIT_HASH,
                 "options": dataclasses.asdict(options), "units": [dataclasses.asdict(u) for u in units],
                 "unit_keys": [u.key for u in units], "extra": fingerprint_extra,
                 "lid_model": hashlib.sha1(Path(lid_model).read_bytes()).hexdigest() if "lid" in stages else None}

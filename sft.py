@@ -39,7 +39,8 @@ import data
 import chat
 from config import run_cli
 from model import latest_checkpoint, load_model
-from train import load_training_state, lr_at, run_distributed, save_checkpoint, setup_run, wrap_model, write_metrics
+from train import (load_training_state, lr_at, make_optimizer, run_distributed, save_checkpoint, setup_run, wrap_model,
+                   write_metrics)
 
 IGNORE = -100
 
@@ -73,7 +74,7 @@ class SFTConfig:
     dtype: str = "auto"                 # auto | float32 | bfloat16
     parallel: str = "ddp"               # with torchrun: ddp | fsdp
     activation_checkpointing: bool = False  # recompute activations in backward
-    compile: bool = False               # torch.compile the model
+    compile: bool = False               # torch.compile each block (as train.py)
     seed: int = 1337                    # shuffling and init seed
 
 
@@ -242,8 +243,7 @@ def _sft(cfg, d):
 
     # 3-4. train.py's machinery
     wrapped = wrap_model(model, cfg, d, device, dtype)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    optimizer = make_optimizer(model, cfg, device)
     pad_id = enc.encode_single_token("<|pad|>")
     sampler = ExampleSampler(train_ex, train_langs, cfg.batch_size, pad_id, cfg.seed, cfg.balance_langs,
                              d.rank, d.world_size)
@@ -258,7 +258,6 @@ def _sft(cfg, d):
         (out / "config.json").write_text(json.dumps({**init_cfg, "sft": dataclasses.asdict(cfg),
                                                      "init_from": str(init)}, indent=1))
     step = load_training_state(resume_from, wrapped, optimizer, sampler, d) if resume_from else 0
-    fwd = torch.compile(wrapped) if cfg.compile else wrapped
     metrics = out / "metrics.jsonl"
 
     def run_eval(step):
@@ -281,7 +280,7 @@ def _sft(cfg, d):
             ntok += int((y != IGNORE).sum())
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             with autocast:
-                loss = fwd(x, y, ignore_index=IGNORE) / cfg.grad_accum
+                loss = wrapped(x, y, ignore_index=IGNORE) / cfg.grad_accum
             loss.backward()
             losses.append(loss.item() * cfg.grad_accum)
         norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))

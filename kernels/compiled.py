@@ -1,15 +1,14 @@
-"""torch.compile with a safe fallback, and two small fused elementwise ops (bias + GeLU, residual add + LayerNorm).
+"""torch.compile with a safe fallback; model.PolyLM.compile_blocks uses it to compile each Transformer block.
 
 What is fused and why: in eager PyTorch every elementwise op reads its inputs from memory and writes its output back.
-`gelu(x @ W1 + b1)` in the MLP is a GEMM plus two memory passes over the (N, 4d) activation; `ln(x + residual)`
-writes the new residual stream and reads it straight back. torch.compile (Inductor) generates one kernel for each
-group, so the activation makes one trip through memory instead of two or three. These are the "free" speedups; the
-big one for PolyLM is elsewhere: its 256,000-token vocabulary (PolyLM §2/§4) makes the output logits 2 GB per
-2,048-token sequence, which kernels/cross_entropy.py avoids building at all.
-
-Each op has a reference (eager) version, a compiled version and an `impl=` selector ("auto" | "reference" |
-"compiled"); "auto" compiles only on CUDA, where the fusion pays off. On CPU the first call of a compiled function
-costs ~15 s of compilation for a small gain, so eager is the default there.
+`gelu(x @ W1 + b1)` in the MLP is a GEMM plus memory passes over the (N, 4d) activation; `ln(x + residual)` writes
+the new residual stream and reads it straight back. torch.compile (Inductor) compiles a whole block into GEMM calls
+plus a few generated kernels, one per group of elementwise ops (bias + GeLU, residual add + LayerNorm, the attention
+reshapes), so the activation makes one trip through memory instead of two or three. Compiling per block (as
+torchtitan does) rather than the whole model keeps compile time flat in depth (identical blocks share the code) and
+leaves the loss to kernels/cross_entropy.py, which PolyLM's 256,000-token vocabulary (PolyLM §2/§4) needs more: its
+logits are 2 GB per 2,048-token sequence and the fused loss never builds them. Measured lever by lever against
+nanoGPT in docs/BENCHMARKS.md (`python bench/bench_step.py`).
 
 `maybe_compile(fn_or_module, enabled)` applies torch.compile when it can, and otherwise (torch without compile,
 Windows, Apple MPS, GPUs older than Volta that Triton does not support, or any error during the first compiled call)
@@ -20,7 +19,6 @@ import logging
 import sys
 
 import torch
-import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -93,53 +91,3 @@ def maybe_compile(fn_or_module, enabled=True, device=None, **compile_kwargs):
     except Exception as e:  # noqa: BLE001
         log.warning("torch.compile of %s failed (%s); running eager", name, e)
         return fn_or_module
-
-
-def _pick(impl, x):
-    if impl not in ("auto", "reference", "compiled"):
-        raise ValueError(f"impl must be 'auto', 'reference' or 'compiled', got {impl!r}")
-    if impl == "auto":
-        return "compiled" if x.is_cuda else "reference"
-    return impl
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# bias + GeLU (the MLP's c_fc output). GPT-2 / PolyLM use the tanh approximation of GeLU.
-
-def bias_gelu_reference(x, bias):
-    """gelu(x + bias), tanh approximation: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))), h = x + bias."""
-    return F.gelu(x + bias, approximate="tanh")
-
-
-@functools.cache
-def _bias_gelu_compiled():
-    return maybe_compile(bias_gelu_reference, enabled=True)
-
-
-def bias_gelu(x, bias, impl="auto"):
-    """gelu(x + bias); impl "compiled" fuses the add into the GeLU kernel (one pass over x instead of two)."""
-    if _pick(impl, x) == "compiled":
-        return _bias_gelu_compiled()(x, bias)
-    return bias_gelu_reference(x, bias)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# residual add + LayerNorm (pre-LN block boundary): h = x + residual is the new residual stream, y = LN(h) feeds the
-# next sublayer. Fused, h is written once and never re-read from memory.
-
-def add_layer_norm_reference(x, residual, weight, bias, eps=1e-5):
-    """Returns (h, layer_norm(h)) with h = x + residual."""
-    h = x + residual
-    return h, F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
-
-
-@functools.cache
-def _add_layer_norm_compiled():
-    return maybe_compile(add_layer_norm_reference, enabled=True)
-
-
-def add_layer_norm(x, residual, weight, bias, eps=1e-5, impl="auto"):
-    """(x + residual, LayerNorm(x + residual)); impl "compiled" does both in one kernel."""
-    if _pick(impl, x) == "compiled":
-        return _add_layer_norm_compiled()(x, residual, weight, bias, eps)
-    return add_layer_norm_reference(x, residual, weight, bias, eps)

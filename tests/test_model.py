@@ -56,6 +56,22 @@ def test_loss_equals_mean_of_token_nll_and_reference_cross_entropy():
     assert torch.allclose(nll.sum() / (t != -100).sum(), ref, atol=1e-5)
 
 
+def test_kernel_backends_give_the_same_loss_and_gradients():
+    """model(x, y, kernel=...): the plain reference loss and the fused chunked one (odd chunk sizes: test_kernels)."""
+    m = tiny()
+    x, t = torch.randint(0, 64, (3, 16)), torch.randint(0, 64, (3, 16))
+    t[1, 3:9] = -100
+    out = {}
+    for kernel in ("reference", "chunked"):
+        m.zero_grad()
+        loss = m(x, t, kernel=kernel)
+        loss.backward()
+        out[kernel] = (loss.detach(), [p.grad.clone() for p in m.parameters()])
+    torch.testing.assert_close(out["chunked"][0], out["reference"][0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(out["chunked"][1], out["reference"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_weight_decay_only_on_matrices():
     m = tiny()
     decay, no_decay = m.optimizer_groups(1e-4)
