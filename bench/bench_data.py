@@ -131,7 +131,7 @@ def run_tokenize(args):
     enc, h, name = encoder(args)
     with tempfile.TemporaryDirectory() as tmp:
         for k, (label, src) in enumerate((("data/sample as it is (one sentence per document)", SAMPLE),
-                           ("the same text, 20 sentences per document", _long_docs_dir(tmp)))):
+                           ("mono documents of 20 sentences (parallel pairs as they are)", _long_docs_dir(tmp)))):
             docs = [d for _, (lang, kind, p) in data.discover_sources(src).items() for d in data.source_documents(kind, p)]
             mb = sum(len(d.encode()) for d in docs) / 1e6
             raw, ours = [], []

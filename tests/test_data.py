@@ -36,6 +36,13 @@ def test_split_is_deterministic_by_content_and_keeps_pair_directions_together(ti
             assert f"{b}\n{a}" in docs
 
 
+def test_val_mask_is_is_val_and_splits_evenly():
+    docs = (data.ROOT / "data" / "sample" / "mono" / "de.txt").read_text().splitlines()
+    mask = data.val_mask(docs, 0.1)
+    assert mask == [data.is_val(d, 0.1) for d in docs]
+    assert 0.09 < np.mean(mask) < 0.11                                  # binomial sigma over 2,380 lines: 0.006
+
+
 def test_shard_roundtrip_uint16_and_uint32(tmp_path):
     toks = np.array([0, 5, 65535, 7])
     data.write_shard(tmp_path / "a.bin", toks, "ab" * 32, vocab_size=65536)
