@@ -74,7 +74,7 @@ class SFTConfig:
     dtype: str = "auto"                 # auto | float32 | bfloat16
     parallel: str = "ddp"               # with torchrun: ddp | fsdp
     activation_checkpointing: bool = False  # recompute activations in backward
-    compile: bool = False               # torch.compile each block (as train.py)
+    compile: str = "auto"               # torch.compile each block: auto (on for CUDA, off for CPU) | True | False
     seed: int = 1337                    # shuffling and init seed
 
 

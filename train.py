@@ -93,7 +93,7 @@ class TrainConfig:
     # system
     device: str = "auto"                # auto | cpu | cuda
     dtype: str = "auto"                 # auto | float32 | bfloat16 (auto: bf16 on CUDA and native-bf16 CPUs)
-    compile: bool = False               # torch.compile each block (fuses bias+GeLU, add+LayerNorm; first step ~15 s on CPU)
+    compile: str = "auto"               # torch.compile each block: auto (on for CUDA, off for CPU) | True | False
     parallel: str = "ddp"               # with torchrun: ddp | fsdp (FSDP2 fully_shard per block)
     activation_checkpointing: bool = False  # recompute block activations in backward (less memory, ~30% slower)
     seed: int = 1337                    # random seed (init, sampling)
@@ -146,6 +146,20 @@ def resolve_dtype(name, device):
     if bf16 > 1.2 * fp32:
         return torch.bfloat16, f"CPU ({cap}) has native bf16: matmul probe {bf16 / 1e9:.0f} vs {fp32 / 1e9:.0f} GFLOP/s"
     return torch.float32, f"CPU bf16 probe not faster ({bf16 / 1e9:.0f} vs {fp32 / 1e9:.0f} GFLOP/s)"
+
+
+def resolve_compile(value, device):
+    """(compile the blocks?, reason). `auto` compiles on CUDA, where Inductor's fused kernels are the usual win, and
+    not on CPU, where per-block compile gained 0-5% tokens/s (bench/bench_step.py, docs/BENCHMARKS.md) for 15-30 s of
+    compiling at start-up. True/False force it."""
+    v = str(value).strip().lower()
+    if v == "auto":
+        if device.type == "cuda":
+            return True, "auto: CUDA"
+        return False, f"auto: {device.type}, where compiling the blocks measured a 0-5% gain"
+    if v in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return v in ("true", "1", "yes", "on"), "set by config"
+    raise ValueError(f"compile={value!r}: choose auto, True or False")
 
 
 GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}   # dense bf16 tensor-core peaks
@@ -208,7 +222,7 @@ def teardown(d):
 def wrap_model(model, cfg, d, device, dtype):
     """-> (module to call for training, model to read/save). DDP or FSDP2 under torchrun, else the model itself."""
     model.activation_checkpointing = cfg.activation_checkpointing
-    if cfg.compile:
+    if resolve_compile(cfg.compile, device)[0]:
         model.compile_blocks()                        # per block, before DDP/FSDP wrap it (as torchtitan does)
     if d.world_size == 1:
         return model
@@ -455,7 +469,9 @@ def setup_run(cfg, d):
     torch.manual_seed(cfg.seed)                       # same init on every rank
     device = resolve_device(cfg.device, d.local_rank)
     dtype, why = resolve_dtype(cfg.dtype, device)
-    log(f"device: {device} x {d.world_size} process(es), dtype: {str(dtype).replace('torch.', '')} ({why})")
+    compiled, cwhy = resolve_compile(cfg.compile, device)
+    log(f"device: {device} x {d.world_size} process(es), dtype: {str(dtype).replace('torch.', '')} ({why}), "
+        f"compile: {'on' if compiled else 'off'} ({cwhy})")
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     return log, device, dtype, autocast
 

@@ -72,6 +72,15 @@ def test_resume_auto_continues_from_the_checkpoint(trained, tiny_data_dir):
     assert (work / "run" / "ckpt" / "latest").read_text() == "step_000040"
 
 
+
+def test_compile_auto_is_on_for_cuda_off_for_cpu_and_bad_values_are_clear():
+    assert train.resolve_compile("auto", torch.device("cpu"))[0] is False
+    assert train.resolve_compile("auto", torch.device("cuda", 0))[0] is True
+    assert train.resolve_compile("True", torch.device("cpu")) == (True, "set by config")
+    assert train.resolve_compile(False, torch.device("cuda", 0)) == (False, "set by config")
+    with pytest.raises(ValueError, match="compile='maybe'"):
+        train.resolve_compile("maybe", torch.device("cpu"))
+
 def test_dtype_auto_picks_fp32_without_native_bf16_and_explains():
     dtype, why = train.resolve_dtype("auto", torch.device("cpu"))
     if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
