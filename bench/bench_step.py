@@ -1,49 +1,116 @@
 """Training-step throughput on CPU: our model and step vs nanoGPT's, and what each speed lever gives (issue #7).
 
     git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT           # the baseline (bench only, not a dependency)
-    python bench/bench_step.py --nanogpt /tmp/nanoGPT [--shapes toy,100m] [--rounds 5]
+    python bench/bench_step.py --nanogpt /tmp/nanoGPT [--shapes toy,100m] [--rounds 5] [--only ...]
 
 What runs. Every "runner" is a model + AdamW(0.9, 0.95, wd 0.1) + one training step exactly like its train loop:
 forward with targets, backward, clip the grad norm to 1.0, optimizer step, zero_grad(set_to_none=True).
   nanoGPT eager / compile   nanoGPT's own GPT (its model.py, bias=True, dropout 0) and configure_optimizers, fp32
-                            (its train.py runs CPU in fp32); "compile" is its best CPU setting, torch.compile(model).
+                            (its train.py runs CPU in fp32), default allocator; "compile" is its best CPU setting.
   ours: lever by lever      from plain eager PyTorch (full logits + F.cross_entropy, for-each AdamW) adding, one at a
-                            time, the fused chunked linear + cross-entropy (kernels/), the fused AdamW, and the
-                            per-block torch.compile that train.py's --compile=True applies; the last row is train.py's
-                            own setting. "1 thread" repeats the best setting with torch.set_num_threads(1).
+                            time, the fused chunked linear + cross-entropy (kernels/) and the fused AdamW (together
+                            train.py's CPU default), then the per-block torch.compile of --compile=True.
+                            "1 thread" repeats the last one with torch.set_num_threads(1).
 All runners start from the same weights (ours, copied into nanoGPT's GPT: same architecture, same exact-erf GeLU) and
 see the same batches of real tokens (data/sample, toy tokenizer), so the loss curves must agree; the script prints the
-largest difference of the first steps' losses against nanoGPT compile.
+largest difference of every step's loss against nanoGPT compile.
 
-Timing: runners are built and warmed up (compiled) first, then timed in interleaved rounds (each runner does
---steps steps per round); tokens/s is the median over --rounds rounds, so all configurations see the same machine
-load. MFU is against the machine's measured fp32 GEMM rate (train.peak_flops: a 1024^3 matmul probe), with the
-FLOPs per token of model.flops_per_token (6N + attention). bf16: on CPUs without native bf16 (AVX2 only) a bf16
-matmul is emulated and tens of times slower, so instead of a training row the script prints the bf16/fp32 probe ratio
-(train.resolve_dtype makes the same choice); on native-bf16 CPUs (--bf16) it adds an autocast row.
+Timing. Every runner is its own worker process (`--worker`: no runner inherits another's allocator state, caches or
+compiled code), built and warmed up (compiled) first; then the parent times them in interleaved rounds, one worker at a time (the others wait, idle, on
+their stdin), each doing --steps steps per round. tokens/s is the median over --rounds rounds, so every runner sees
+the same machine load. MFU is against the machine's fp32 GEMM rate (train.peak_flops: a 1024^3 matmul probe), with
+model.flops_per_token (6N + attention). bf16: on CPUs without native bf16 (AVX2 only) a bf16 matmul is emulated and
+tens of times slower, so instead of a training row the script prints the bf16/fp32 probe ratio (train.resolve_dtype
+makes the same choice); on native-bf16 CPUs --bf16 adds an autocast row.
 """
 import argparse
 import contextlib
 import importlib.util
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
-from config import cpu_name  # noqa: E402
-from kernels.compiled import maybe_compile  # noqa: E402
-from model import PolyLM, preset  # noqa: E402
-
 SHAPES = {   # name: (model overrides, batch size, block size)
     "toy": (dict(n_layer=4, n_head=4, n_embd=256, vocab_size=8192), 16, 256),
     "100m": (dict(n_layer=12, n_head=12, n_embd=768, vocab_size=32768), 2, 1024),
 }
+# name: (fused CE, fused AdamW, compiled blocks, threads, bf16 autocast); None = nanoGPT
+NANO_EAGER, NANO_COMPILE = "nanoGPT eager", "nanoGPT compile=True"
+RUNNERS = {
+    NANO_EAGER: None,
+    NANO_COMPILE: None,
+    "ours: plain eager (full logits, for-each AdamW)": (False, False, False, None, False),
+    "ours: + fused linear+CE (kernels/)": (True, False, False, None, False),
+    "ours: + fused AdamW = train.py's CPU default": (True, True, False, None, False),
+    "ours: + compiled blocks (--compile=True)": (True, True, True, None, False),
+    "ours: same, 1 thread": (True, True, True, 1, False),
+    "ours: same, 2 threads + bf16 autocast": (True, True, True, None, True),
+}
+
+
+# ----------------------------------------------------------------------------- a worker: one runner, one process
+
+def worker(args):
+    name, shape = args.worker, args.shape
+    spec = RUNNERS[name]
+    import torch
+    from model import PolyLM, preset
+    if spec and spec[3]:
+        torch.set_num_threads(spec[3])
+    overrides, _, block = SHAPES[shape]
+    cfg = preset("toy", **overrides, block_size=block)
+    torch.manual_seed(0)
+    init = PolyLM(cfg).state_dict()                       # the same initial weights in every worker
+    if spec is None:
+        nanogpt = load_nanogpt(args.nanogpt)
+        ncfg = nanogpt.GPTConfig(block_size=block, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
+                                 n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=True)
+        with contextlib.redirect_stdout(sys.stderr):
+            model = nanogpt.GPT(ncfg)
+            model.load_state_dict({"transformer." + k: v for k, v in init.items()} | {"lm_head.weight": init["wte.weight"]})
+            opt = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), "cpu")
+        fm = torch.compile(model) if name == NANO_COMPILE else model
+
+        def forward(x, y):
+            return fm(x, y)[1]
+    else:
+        fused_ce, fused_adam, compiled, _, bf16 = spec
+        model = PolyLM(cfg)
+        model.load_state_dict(init)
+        if compiled:
+            model.compile_blocks()
+        opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=args.lr, betas=(0.9, 0.95), fused=fused_adam)
+        kernel = "chunked" if fused_ce else "reference"
+
+        def forward(x, y):
+            with torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext():
+                return model(x, y, kernel=kernel)
+    batches = np.load(args.batches)
+    xs, ys = torch.from_numpy(batches["x"]), torch.from_numpy(batches["y"])
+
+    def run(a, b):
+        times, losses = [], []
+        for i in range(a, b):
+            t = time.perf_counter()
+            loss = forward(xs[i], ys[i])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            times.append(time.perf_counter() - t)
+        return {"times": times, "losses": losses}
+    for line in sys.stdin:                                 # the parent's commands: "a b" -> run batches a..b-1
+        a, b = map(int, line.split())
+        print(json.dumps(run(a, b)), flush=True)
 
 
 def load_nanogpt(path):
@@ -56,131 +123,84 @@ def load_nanogpt(path):
     return mod
 
 
-def batches(n, batch, block, seed=0):
-    """n (x, y) batches of real tokens: the toy run's tokenizer on data/sample (cached by train.py)."""
+# ----------------------------------------------------------------------------- the parent
+
+def make_batches(path, n, batch, block, seed=0):
+    """n (x, y) batches of real tokens (the toy run's tokenizer on data/sample, cached by train.py) -> an .npz."""
     import bpe
     import data
-    cfg = train.TrainConfig()
-    tok = train.prepare_tokenizer(cfg, print)
-    enc = bpe.load(tok)
+    import train
+    enc = bpe.load(train.prepare_tokenizer(train.TrainConfig(), lambda m: None))
     toks = np.concatenate([data.tokenize_documents(enc, data.read_documents(p))
                            for p in sorted((ROOT / "data" / "sample" / "mono").glob("*.txt"))])
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        ix = rng.integers(0, len(toks) - block - 1, batch)
-        x = np.stack([toks[i:i + block] for i in ix])
-        y = np.stack([toks[i + 1:i + 1 + block] for i in ix])
-        out.append((torch.from_numpy(x), torch.from_numpy(y)))
-    return out
+    ix = np.random.default_rng(seed).integers(0, len(toks) - block - 1, (n, batch))
+    np.savez(path, x=np.stack([[toks[i:i + block] for i in row] for row in ix]),
+             y=np.stack([[toks[i + 1:i + 1 + block] for i in row] for row in ix]))
 
 
-class Runner:
-    """One model + optimizer + step function; step(x, y) -> loss (float)."""
+class Worker:
+    def __init__(self, name, shape, args, batches):
+        cmd = [sys.executable, __file__, "--worker", name, "--shape", shape, "--batches", batches,
+               "--nanogpt", args.nanogpt, "--lr", str(args.lr)]
+        self.name, self.times, self.losses = name, [], []
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     stderr=subprocess.DEVNULL)
 
-    def __init__(self, name, model, optimizer, forward, threads=None):
-        self.name, self.model, self.opt, self.forward, self.threads = name, model, optimizer, forward, threads
-        self.times, self.losses = [], []
+    def run(self, a, b):
+        self.proc.stdin.write(f"{a} {b}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"worker {self.name!r} died (run it alone with --worker to see why)")
+        out = json.loads(line)
+        self.losses += out["losses"]
+        return out["times"]
 
-    def step(self, x, y):
-        with _threads(self.threads):
-            loss = self.forward(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-        return loss.item()
-
-
-@contextlib.contextmanager
-def _threads(n):
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
-def make_runners(shape, nanogpt, lr, bf16, only=()):
-    overrides, _, block = SHAPES[shape]
-    cfg = preset("toy", **overrides, block_size=block)
-    torch.manual_seed(0)
-    init = PolyLM(cfg).state_dict()
-    runners = []
-
-    def ours(name, fused_ce, fused_adam, compile_blocks, threads=None, autocast=False):
-        m = PolyLM(cfg)
-        m.load_state_dict(init)
-        if compile_blocks:
-            m.compile_blocks()
-        opt = torch.optim.AdamW(m.optimizer_groups(0.1), lr=lr, betas=(0.9, 0.95), fused=fused_adam)
-        kernel = "chunked" if fused_ce else "reference"
-
-        def fwd(x, y):
-            with torch.autocast("cpu", torch.bfloat16) if autocast else contextlib.nullcontext():
-                return m(x, y, kernel=kernel)
-        runners.append(Runner(name, m, opt, fwd, threads))
-
-    if nanogpt is not None:
-        for compiled in (False, True):
-            ncfg = nanogpt.GPTConfig(block_size=block, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
-                                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=True)
-            with contextlib.redirect_stdout(None):
-                m = nanogpt.GPT(ncfg)
-                m.load_state_dict({"transformer." + k: v for k, v in init.items()} | {"lm_head.weight": init["wte.weight"]})
-                opt = m.configure_optimizers(0.1, lr, (0.9, 0.95), "cpu")
-            fm = torch.compile(m) if compiled else m
-            runners.append(Runner(f"nanoGPT {'compile=True' if compiled else 'eager'}", m, opt,
-                                  lambda x, y, fm=fm: fm(x, y)[1]))
-    ours("ours: plain eager (full logits, for-each AdamW)", False, False, False)
-    ours("ours: + fused linear+CE (kernels/)", True, False, False)
-    ours("ours: + fused AdamW", True, True, False)
-    ours("ours: + compiled blocks = train.py --compile=True", True, True, True)
-    ours("ours: same, 1 thread", True, True, True, threads=1)
-    if bf16:
-        ours("ours: same + bf16 autocast", True, True, True, autocast=True)
-    return cfg, [r for r in runners if not only or r.name == "nanoGPT compile=True" or any(s in r.name for s in only)]
-
-
-def run_shape(shape, args, nanogpt):
+def run_shape(shape, args):
+    import torch
+    import train
+    from config import cpu_name
+    from model import PolyLM, preset
     overrides, batch, block = SHAPES[shape]
-    cfg, runners = make_runners(shape, nanogpt, args.lr, args.bf16, [x for x in args.only.split(",") if x])
-    model = runners[-1].model
+    cfg = preset("toy", **overrides, block_size=block)
+    names = [n for n in RUNNERS if (args.nanogpt or RUNNERS[n] is not None) and ("bf16" not in n or args.bf16)
+             and (not args.only or n == NANO_COMPILE or any(s in n for s in args.only.split(",")))]
     tokens = batch * block
-    n_steps = args.warmup + args.rounds * args.steps
-    data = batches(n_steps, batch, block)
-    print(f"\n## {shape}: {cfg.n_layer}L/{cfg.n_embd}d/{cfg.n_head}h, vocab {cfg.vocab_size:,}, "
-          f"{model.num_params():,} parameters, batch {batch} x {block} = {tokens:,} tokens/step")
-    print(f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    for r in runners:                                      # warm-up: compilation happens here
-        t = time.perf_counter()
-        for x, y in data[:args.warmup]:
-            r.losses.append(r.step(x, y))
-        print(f"  warm-up {r.name}: {time.perf_counter() - t:.1f}s", flush=True)
-    for k in range(args.rounds):                           # interleaved: same load for every runner
-        batch_data = data[args.warmup + k * args.steps: args.warmup + (k + 1) * args.steps]
-        for r in runners:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "batches.npz")
+        make_batches(path, args.warmup + args.rounds * args.steps, batch, block)
+        print(f"\n## {shape}: {cfg.n_layer}L/{cfg.n_embd}d/{cfg.n_head}h, vocab {cfg.vocab_size:,}, "
+              f"{PolyLM(cfg).num_params():,} parameters, batch {batch} x {block} = {tokens:,} tokens/step")
+        print(f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+        workers = [Worker(n, shape, args, path) for n in names]
+        for w in workers:                                  # warm-up (compilation), one worker at a time
             t = time.perf_counter()
-            for x, y in batch_data:
-                r.losses.append(r.step(x, y))
-            r.times.append((time.perf_counter() - t) / args.steps)
+            w.run(0, args.warmup)
+            print(f"  warm-up {w.name}: {time.perf_counter() - t:.1f}s", flush=True)
+        for k in range(args.rounds):                       # interleaved rounds: the same load for every runner
+            a = args.warmup + k * args.steps
+            for w in workers:
+                w.times.append(statistics.mean(w.run(a, a + args.steps)))
+        for w in workers:
+            w.close()
     peak = train.peak_flops(torch.device("cpu"), torch.float32)
-    flops = model.flops_per_token(block)
-    base = next((r for r in runners if r.name == "nanoGPT compile=True"), None)
+    flops = PolyLM(cfg).flops_per_token(block)
+    base = next((w for w in workers if w.name == NANO_COMPILE), None)
     print(f"\nGEMM peak (fp32 1024^3 matmul probe): {peak / 1e9:.1f} GFLOP/s; {flops / 1e6:.1f} MFLOP per token\n")
-    print("| setting | tokens/s (median) | vs nanoGPT compile | MFU vs GEMM peak | max |loss - nanoGPT's| |")
+    print("| setting | tokens/s (median) | vs nanoGPT compile | MFU vs GEMM peak | max \\|loss - nanoGPT's\\| |")
     print("|---|---:|---:|---:|---:|")
-    for r in runners:
-        tps = tokens / statistics.median(r.times)
+    for w in workers:
+        tps = tokens / statistics.median(w.times)
         rel = f"{tps / (tokens / statistics.median(base.times)):.2f}x" if base else "–"
-        diff = f"{max(abs(a - b) for a, b in zip(r.losses, base.losses)):.1e}" if base else "–"
-        print(f"| {r.name} | {tps:,.0f} | {rel} | {tps * flops / peak:.0%} | {diff} |")
-    print(f"\nlosses of the first {len(runners[-1].losses)} steps (last runner): "
-          + " ".join(f"{v:.3f}" for v in runners[-1].losses))
+        diff = f"{max(abs(a - b) for a, b in zip(w.losses, base.losses)):.1e}" if base else "–"
+        print(f"| {w.name} | {tps:,.0f} | {rel} | {tps * flops / peak:.0%} | {diff} |")
+    print(f"\nlosses of the first {len(workers[-1].losses)} steps ({workers[-1].name}): "
+          + " ".join(f"{v:.3f}" for v in workers[-1].losses))
     if not args.bf16:
         fp32, bf = (train._matmul_rate(dt, n=512, reps=4) for dt in (torch.float32, torch.bfloat16))
         print(f"bf16: not trained here (no native bf16 on this CPU, train.resolve_dtype keeps fp32): a 512^3 bf16 "
@@ -197,10 +217,14 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--only", default="", help="comma-separated parts of runner names to keep (nanoGPT compile stays)")
     ap.add_argument("--bf16", action="store_true", help="add a bf16 autocast row (only sensible with native bf16)")
+    ap.add_argument("--worker", default="", help=argparse.SUPPRESS)   # internal: run one runner (see Worker)
+    ap.add_argument("--shape", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--batches", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None
+    if args.worker:
+        return worker(args)
     for shape in args.shapes.split(","):
-        run_shape(shape, args, nanogpt)
+        run_shape(shape, args)
 
 
 if __name__ == "__main__":
