@@ -32,9 +32,21 @@ Step 4 done literally (train_naive) recounts every pair of the corpus for every 
 The output is a tiktoken rank file, so encoding at runtime is tiktoken's Rust code: `load(dir)` returns a
 tiktoken.Encoding. Benchmarks (train time vs HF tokenizers, encode speed, compression per language vs cl100k/o200k):
 docs/BENCHMARKS.md (bpe section), made by bench/bench_bpe.py.
+
+A tokenizer dir holds exactly tokenizer.tiktoken (the ranks) and tokenizer.json (pattern, special tokens, content
+hash), plus compression.png if --report drew it there. Writing one never loses a user's files (save, the CLI and
+train.py's cache all go through `output_dir`): the new dir is built under a temporary name next to DIR and renamed
+into place; an existing DIR is replaced only if it is empty or a bpe.py tokenizer dir, and only once the new one is
+complete; anything else (a run dir, a folder of a user's files) is refused unless overwrite=True.
+
+    python bpe.py --input data/sample/mono/*.txt --vocab_size 8192 --out tok/     # train; language = file stem
+    python bpe.py --input a.txt,b.txt --vocab_size 256000 --max_bytes 2e9 --out tok-256k/
+    python bpe.py --report tok/ [--heldout FILES] [--cl100k PATH|none] [--o200k PATH|none] [--png c.png]
+    python bpe.py --help                                                           # every key, default and meaning
 """
-import argparse
 import base64
+import contextlib
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -44,6 +56,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -51,6 +64,8 @@ import numpy as np
 import regex
 import tiktoken
 from tqdm import tqdm
+
+from config import run_cli
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"]   # take the LAST ids of the vocab
 ALPHA = 0.3             # per-language sampling exponent (XLM-R, mT5 use 0.3); 1.0 = use the corpus as it is
@@ -188,7 +203,7 @@ def count_chunks(texts, pattern=PATTERN, alpha=ALPHA, max_bytes=None, processes=
 
 # ----------------------------------------------------------------------------- 2. training: the naive oracle
 
-def _merge(ids, pair, new_id):
+def merge(ids, pair, new_id):
     """Replace every non-overlapping occurrence of `pair` in `ids`, left to right (minbpe's merge)."""
     out, i = [], 0
     while i < len(ids):
@@ -217,7 +232,7 @@ def train_naive(counts, n_tokens):
             raise _too_small(len(vocab), n_tokens)
         a, b = min(stats, key=lambda p: (-stats[p], p))       # most frequent; ties -> smallest ids
         vocab.append(vocab[a] + vocab[b])     # always new bytes (see the note in train_fast)
-        words = [(_merge(ids, (a, b), len(vocab) - 1), n) for ids, n in words]
+        words = [(merge(ids, (a, b), len(vocab) - 1), n) for ids, n in words]
     return vocab
 
 
@@ -309,6 +324,17 @@ def train_fast(counts, n_tokens, verbose=True):
     return vocab
 
 
+def check_sizes(vocab_size, max_bytes=None, special_tokens=SPECIAL_TOKENS):
+    """Raise BPEError unless vocab_size leaves room for merges and max_bytes is None or a positive number of bytes."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 256 + len(special_tokens):
+        raise BPEError(f"vocab_size={vocab_size!r} leaves no room for merges: it must be > 256 bytes + "
+                       f"{len(special_tokens)} special tokens = {256 + len(special_tokens)}; pass a larger vocab_size")
+    whole = isinstance(max_bytes, int) or (isinstance(max_bytes, float) and max_bytes.is_integer())
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not whole or max_bytes <= 0):
+        raise BPEError(f"max_bytes={max_bytes!r}: pass a positive number of bytes (e.g. 2e9), or leave it out to "
+                       f"train on all the text")
+
+
 def train(texts, vocab_size, *, special_tokens=SPECIAL_TOKENS, pattern=PATTERN, alpha=ALPHA, max_bytes=None,
           verbose=True, processes=2):
     """Train a byte-level BPE. texts: {lang: text} (per-language alpha sampling) or [text, ...].
@@ -316,12 +342,10 @@ def train(texts, vocab_size, *, special_tokens=SPECIAL_TOKENS, pattern=PATTERN, 
     Returns the mergeable ranks {token bytes: id}: the 256 bytes, then one token per merge in the order learned.
     vocab_size counts the special tokens too; they are added by save()/load() at the last ids.
     """
+    check_sizes(vocab_size, max_bytes, special_tokens)
     n_tokens = vocab_size - len(special_tokens)
-    if not isinstance(vocab_size, int) or n_tokens <= 256:
-        raise BPEError(f"vocab_size={vocab_size!r} leaves no room for merges: it must be > 256 bytes + "
-                       f"{len(special_tokens)} special tokens = {256 + len(special_tokens)}; pass a larger vocab_size")
     log = print if verbose else (lambda *a, **k: None)
-    counts = count_chunks(texts, pattern, alpha, max_bytes, processes, log)
+    counts = count_chunks(texts, pattern, alpha, None if max_bytes is None else int(max_bytes), processes, log)
     t0 = time.time()
     vocab = train_fast(counts, n_tokens, verbose)
     log(f"bpe: {n_tokens - 256:,} merges in {time.time() - t0:.1f}s")
@@ -330,24 +354,52 @@ def train(texts, vocab_size, *, special_tokens=SPECIAL_TOKENS, pattern=PATTERN, 
 
 # ----------------------------------------------------------------------------- 4. encoding (the teaching version)
 
+def encode_chunk(chunk, ranks):
+    """Token ids of one pre-token's bytes: keep merging the adjacent pair whose merged bytes have the lowest rank
+    (leftmost on ties) until no adjacent pair is in the vocab. Every single byte must be in ranks (byte fallback)."""
+    parts = [bytes([b]) for b in chunk]
+    while len(parts) > 1:
+        rank, i = min((ranks.get(parts[i] + parts[i + 1], float("inf")), i) for i in range(len(parts) - 1))
+        if rank == float("inf"):
+            break
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return [ranks[p] for p in parts]
+
+
 def encode_reference(text, ranks, pattern=PATTERN):
     """Token ids of `text` (no special tokens), in plain Python. tiktoken does exactly this, in Rust."""
     ids = []
     for chunk in regex.findall(pattern, text):
-        parts = [bytes([b]) for b in chunk.encode("utf-8", "surrogatepass")]
-        while len(parts) > 1:
-            # the adjacent pair whose merged bytes were learned first (lowest rank); leftmost on ties
-            rank, i = min((ranks.get(parts[i] + parts[i + 1], float("inf")), i) for i in range(len(parts) - 1))
-            if rank == float("inf"):
-                break
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
-        ids.extend(ranks[p] for p in parts)
+        ids += encode_chunk(chunk.encode("utf-8", "surrogatepass"), ranks)
     return ids
 
 
 def encode_bytes(enc, data):
-    """Token ids for raw bytes (e.g. invalid UTF-8): exact, unlike enc.encode(str) which replaces lone surrogates."""
-    return enc._encode_bytes(bytes(data))
+    """Token ids for raw bytes (e.g. invalid UTF-8) with enc.decode_bytes(ids) == data exactly, unlike
+    enc.encode(str), which replaces lone surrogates. Runs tiktoken's private `_encode_bytes` (Rust) when this tiktoken
+    has it, else the public-API path encode_bytes_python; both give encode_ordinary's ids on valid UTF-8."""
+    data = bytes(data)
+    rust = getattr(enc, "_encode_bytes", None)
+    return rust(data) if rust is not None else encode_bytes_python(enc, data)
+
+
+_RANKS = weakref.WeakKeyDictionary()     # Encoding -> {token bytes: id}, built once from the public API
+_ESCAPED = regex.compile(r"[\udc80-\udcff]+")   # the bytes that surrogateescape could not decode
+
+
+def encode_bytes_python(enc, data):
+    """encode_bytes with only tiktoken's public API: every run of valid UTF-8 through enc.encode_ordinary, every run
+    of invalid bytes as one pre-token of its own, merged with the ranks (encode_chunk). Exact round trip; on valid
+    UTF-8 the same ids as tiktoken. (tiktoken's private version BPEs everything after the first invalid byte as one
+    piece, so the ids of mixed input may differ; both decode to `data`.)"""
+    text, ids, at = bytes(data).decode("utf-8", "surrogateescape"), [], 0
+    for m in _ESCAPED.finditer(text):
+        ids += enc.encode_ordinary(text[at:m.start()])
+        if enc not in _RANKS:
+            _RANKS[enc] = {b: enc.encode_single_token(b) for b in enc.token_byte_values()}
+        ids += encode_chunk(m.group().encode("utf-8", "surrogateescape"), _RANKS[enc])
+        at = m.end()
+    return ids + enc.encode_ordinary(text[at:])
 
 
 # ----------------------------------------------------------------------------- 5. saving and loading
@@ -366,25 +418,62 @@ def _hash(rank_file, pattern, specials):
     return h.hexdigest()
 
 
-def save(out_dir, ranks, special_tokens=SPECIAL_TOKENS, pattern=PATTERN, meta=None):
-    """Write out_dir/tokenizer.tiktoken (the ranks) and out_dir/tokenizer.json; returns the content hash.
+class OutputDirError(BPEError):
+    """An output path that must not be replaced: a file, or a non-empty directory the writer did not make."""
 
-    Atomic: everything is written to a temporary sibling directory that is renamed into place at the end, so out_dir
-    is either the old tokenizer, the new one, or absent; never half written. meta: extra JSON (not hashed).
-    """
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.tiktoken")
+REPORT_FILES = ("compression.png",)          # what --report writes into a tokenizer dir by default
+
+
+def is_tokenizer_dir(path):
+    """True if `path` holds a bpe.py tokenizer and nothing else: tokenizer.json (with bpe.py's keys) and
+    tokenizer.tiktoken, maybe compression.png."""
+    names = {p.name for p in Path(path).iterdir()}
+    if not set(TOKENIZER_FILES) <= names <= set(TOKENIZER_FILES + REPORT_FILES):
+        return False
+    try:
+        read_info(path)
+    except BPEError:
+        return False
+    return True
+
+
+def check_output_dir(out_dir, replaceable, overwrite=False, what="bpe.py tokenizer dir"):
+    """Raise OutputDirError unless out_dir may be (re)written: it is absent, an empty dir, a dir that
+    `replaceable(dir)` accepts, or any dir when overwrite=True. A file is always refused."""
     out = Path(out_dir)
-    rank_file = _rank_file(ranks)
-    specials = {tok: len(ranks) + i for i, tok in enumerate(special_tokens)}
-    digest = _hash(rank_file, pattern, specials)
-    info = {"pattern": pattern, "special_tokens": specials, "vocab_size": len(ranks) + len(specials),
-            "hash": digest, "meta": meta or {}}
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"output {out} is a file, not a directory; pass a new directory path (or a {what} to "
+                             f"replace)")
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if names and not overwrite and not replaceable(out):
+        shown = ", ".join(names[:4]) + (f", ... ({len(names)} entries)" if len(names) > 4 else "")
+        raise OutputDirError(f"output {out} is not empty and not a {what} (it holds {shown}); refusing to replace "
+                             f"it: choose a new directory, or pass --overwrite=True to replace it (the old one is "
+                             f"deleted only once the new one is complete)")
+
+
+@contextlib.contextmanager
+def output_dir(out_dir, replaceable=is_tokenizer_dir, overwrite=False, what="bpe.py tokenizer dir"):
+    """Build a directory under a temporary name next to out_dir, then rename it into place:
+
+        with output_dir(out) as tmp:
+            (tmp / "tokenizer.json").write_text(...)
+
+    out_dir is checked with check_output_dir before the block runs and again before the swap. When the block
+    succeeds, the old out_dir (if any) is moved aside, the new one renamed in, and only then the old one deleted; when
+    it raises, out_dir is untouched and the temporary dir removed. out_dir is always the old dir or the new one,
+    never half written (absent only between two renames)."""
+    out = Path(out_dir)
+    check_output_dir(out, replaceable, overwrite, what)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     old = None
     try:
         os.chmod(tmp, 0o755)
-        (tmp / "tokenizer.tiktoken").write_bytes(rank_file)
-        (tmp / "tokenizer.json").write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
+        yield tmp
+        check_output_dir(out, replaceable, overwrite, what)   # it may have changed while the new one was built
         if out.exists():                                  # move the old one aside; put it back if the swap fails
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)
@@ -398,10 +487,31 @@ def save(out_dir, ranks, special_tokens=SPECIAL_TOKENS, pattern=PATTERN, meta=No
         shutil.rmtree(tmp, ignore_errors=True)
         if old:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def save(out_dir, ranks, special_tokens=SPECIAL_TOKENS, pattern=PATTERN, meta=None, *, overwrite=False):
+    """Write out_dir/tokenizer.tiktoken (the ranks) and out_dir/tokenizer.json; returns the content hash.
+
+    Atomic (output_dir): everything is written to a temporary sibling directory that is renamed into place, so
+    out_dir is either the old tokenizer, the new one, or absent; never half written. The "may I replace it" check
+    lives here, so every caller (the CLI, train.py's cache, export.py --import, tests) is safe: an existing out_dir
+    is replaced only if it is empty or a bpe.py tokenizer dir (is_tokenizer_dir), else OutputDirError before anything
+    is written; overwrite=True replaces any directory. meta: extra JSON (not hashed).
+    """
+    rank_file = _rank_file(ranks)
+    specials = {tok: len(ranks) + i for i, tok in enumerate(special_tokens)}
+    digest = _hash(rank_file, pattern, specials)
+    info = {"pattern": pattern, "special_tokens": specials, "vocab_size": len(ranks) + len(specials),
+            "hash": digest, "meta": meta or {}}
+    with output_dir(out_dir, is_tokenizer_dir, overwrite) as tmp:
+        (tmp / "tokenizer.tiktoken").write_bytes(rank_file)
+        (tmp / "tokenizer.json").write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
     return digest
 
 
-def _read_info(tok_dir):
+def read_info(tok_dir):
+    """The parsed tokenizer.json of a bpe.py tokenizer dir: pattern, special_tokens {text: id}, vocab_size, hash,
+    meta. BPEFileError if it is missing, BPEError if it is not bpe.py's."""
     path = Path(tok_dir) / "tokenizer.json"
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
@@ -411,7 +521,7 @@ def _read_info(tok_dir):
     except (OSError, ValueError) as e:
         raise BPEError(f"{path} is not readable JSON ({e}); delete {tok_dir} and train or copy it again") from None
     for key in ("pattern", "special_tokens", "vocab_size", "hash"):
-        if key not in info:
+        if not isinstance(info, dict) or key not in info:
             raise BPEError(f"{path} has no {key!r} key: not a bpe.py tokenizer; train it again with bpe.py")
     return info
 
@@ -430,7 +540,7 @@ def _parse_ranks(data):
 
 def load(tok_dir):
     """The tokenizer in tok_dir as a tiktoken.Encoding, after checking its content hash."""
-    info = _read_info(tok_dir)
+    info = read_info(tok_dir)
     path = Path(tok_dir) / "tokenizer.tiktoken"
     try:
         rank_file = path.read_bytes()
@@ -450,7 +560,7 @@ def load(tok_dir):
 
 def tokenizer_hash(tok_dir):
     """The content hash stored in tok_dir/tokenizer.json (cheap: the files are not re-hashed)."""
-    return _read_info(tok_dir)["hash"]
+    return read_info(tok_dir)["hash"]
 
 
 def read_texts(paths):
@@ -465,16 +575,33 @@ def read_texts(paths):
     return texts
 
 
-def train_from_files(paths, vocab_size, out_dir, **kw):
-    """Read text files (lang = file stem), train, save to out_dir, and return the loaded tiktoken.Encoding."""
+def check_input_files(paths):
+    """Raise BPEFileError unless every path is a readable, non-empty file (the CLI checks this before any work)."""
+    if not paths:
+        raise BPEError("no training files given; pass --input FILES (e.g. data/sample/mono/*.txt)")
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise BPEFileError(f"training file {p} does not exist (or is not a file); check the path")
+        if p.stat().st_size == 0:
+            raise BPEFileError(f"training file {p} is empty; remove it from --input or give it text")
+
+
+def train_from_files(paths, vocab_size, out_dir, *, overwrite=False, **kw):
+    """Read text files (lang = file stem), train, save to out_dir, and return the loaded tiktoken.Encoding.
+
+    The sizes and out_dir are checked before the files are read (training a 256K vocab takes minutes to hours);
+    out_dir follows save()'s rule (overwrite=True replaces a directory that is not a tokenizer dir)."""
     if not paths:
         raise BPEError("no training files given; pass text files (e.g. data/sample/mono/*.txt)")
+    check_sizes(vocab_size, kw.get("max_bytes"), kw.get("special_tokens", SPECIAL_TOKENS))
+    check_output_dir(out_dir, is_tokenizer_dir, overwrite)
     texts = read_texts(paths)
     t0 = time.time()
     ranks = train(texts, vocab_size, **kw)
     meta = {"files": [str(p) for p in paths], "seconds": round(time.time() - t0, 2),
             "alpha": kw.get("alpha", ALPHA), "max_bytes": kw.get("max_bytes")}
-    save(out_dir, ranks, kw.get("special_tokens", SPECIAL_TOKENS), kw.get("pattern", PATTERN), meta=meta)
+    save(out_dir, ranks, kw.get("special_tokens", SPECIAL_TOKENS), kw.get("pattern", PATTERN), meta=meta,
+         overwrite=overwrite)
     return load(out_dir)
 
 
@@ -505,11 +632,15 @@ def bytes_per_token(encodings, texts):
 
 def report(tok_dir, heldout=None, references=None, png=None):
     """Print bytes/token per language (higher = better compression) for our tokenizer vs the references; plot it."""
+    encs = {f"ours-{Path(tok_dir).name}": load(tok_dir)}
+    png = Path(png or Path(tok_dir) / "compression.png")
+    if png.is_dir() or not png.parent.is_dir():
+        raise BPEFileError(f"cannot write the chart to {png}: " + ("it is a directory" if png.is_dir() else
+                           f"{png.parent} does not exist") + "; pass --png PATH.png in an existing directory")
     heldout = heldout or sorted(str(p) for p in (REPO / "data" / "sample" / "mono").glob("*.txt"))
     if references is None:
         references = {n: REFERENCE_DIR / f"{n}.tiktoken" for n in REFERENCE_PATTERNS
                       if (REFERENCE_DIR / f"{n}.tiktoken").exists()}
-    encs = {f"ours-{Path(tok_dir).name}": load(tok_dir)}
     for name, path in references.items():
         if path and str(path).lower() != "none":
             encs[name] = reference_encoding(name, path)
@@ -531,46 +662,88 @@ def report(tok_dir, heldout=None, references=None, png=None):
     ax.set(ylabel="UTF-8 bytes per token (higher = better)", title="tokenizer compression per language")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    png = Path(png or Path(tok_dir) / "compression.png")
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}{png.suffix}")     # written whole, then renamed
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, png)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     print(f"wrote {png}")
     return table
 
 
 # ----------------------------------------------------------------------------- 7. command line
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="bpe.py", description="Train a byte-level BPE tokenizer (PolyLM §3), or "
-                                 "report its compression per language against cl100k_base / o200k_base.")
-    ap.add_argument("--input", nargs="+", metavar="FILE", help="training text files; language = file stem")
-    ap.add_argument("--vocab_size", type=int, default=32000, help="total vocab incl. special tokens (PolyLM: 256000)")
-    ap.add_argument("--out", metavar="DIR", help="tokenizer directory to write")
-    ap.add_argument("--alpha", type=float, default=ALPHA, help="per-language sampling exponent (1 = as is)")
-    ap.add_argument("--max_bytes", type=int, default=None, help="use at most this many bytes of text")
-    ap.add_argument("--report", metavar="DIR", help="print bytes/token per language for this tokenizer")
-    ap.add_argument("--heldout", nargs="+", metavar="FILE", help="report text (default: data/sample/mono/*.txt)")
-    for name in ("cl100k", "o200k"):
-        ap.add_argument(f"--{name}", default=str(REFERENCE_DIR / f"{name}_base.tiktoken"),
-                        help=f"{name}_base rank file for --report (none = leave it out)")
-    ap.add_argument("--png", help="bar chart path (default: DIR/compression.png)")
-    args = ap.parse_args(argv)
-    try:
-        if args.report:
-            refs = {"cl100k_base": args.cl100k, "o200k_base": args.o200k}
-            for name, path in refs.items():    # the default paths may be absent (CI): skip, don't fail
-                if path == ap.get_default(name[:-5]) and not Path(path).exists():
-                    print(f"note: no {path}, so no {name} column (pass --{name[:-5]} PATH)")
-                    refs[name] = None
-            report(args.report, args.heldout, refs, args.png)
-        elif args.input and args.out:
-            enc = train_from_files(args.input, args.vocab_size, args.out, alpha=args.alpha, max_bytes=args.max_bytes)
-            print(f"wrote {args.out}: {enc.n_vocab:,} tokens, hash {tokenizer_hash(args.out)[:12]}")
+@dataclasses.dataclass
+class BPEConfig:
+    input: str = ""                     # training text files, comma-separated (or several after --input); language = file stem
+    vocab_size: int = 32000             # total vocab incl. the special tokens (PolyLM: 256000)
+    out: str = ""                       # tokenizer dir to write (tokenizer.json + tokenizer.tiktoken)
+    overwrite: bool = False             # replace --out even if it is not a bpe.py tokenizer dir (deleted only once the new one is complete)
+    alpha: float = ALPHA                # per-language sampling exponent (1 = use the corpus as it is)
+    max_bytes: int | None = None        # use at most this many bytes of text (None = all of it)
+    processes: int = 2                  # worker processes that pre-tokenize corpora over 4 MB (1 = none)
+    report: str = ""                    # instead of training: print bytes/token per language for this tokenizer dir
+    heldout: str = ""                   # report text files, comma-separated ('' = data/sample/mono/*.txt)
+    cl100k: str = str(REFERENCE_DIR / "cl100k_base.tiktoken")   # cl100k_base rank file for --report (none = leave it out)
+    o200k: str = str(REFERENCE_DIR / "o200k_base.tiktoken")     # o200k_base rank file for --report (none = leave it out)
+    png: str = ""                       # report bar chart path ('' = DIR/compression.png)
+
+
+LIST_KEYS = ("input", "heldout")        # keys that take several files
+
+
+def _join_lists(argv):
+    """`--input a b c` (a shell glob) -> `--input=a,b,c`, for each key of LIST_KEYS."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and arg[2:].replace("-", "_") in LIST_KEYS:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            out.append(f"{arg}={','.join(argv[i + 1:j])}")
+            i = j
         else:
-            ap.error("pass --input FILES... --out DIR to train, or --report DIR")
-    except BPEError as e:
-        print(f"bpe.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+            out.append(arg)
+            i += 1
+    return out
+
+
+def _split(files):
+    return [f for f in files.split(",") if f]
+
+
+def run(cfg: BPEConfig):
+    if cfg.report:
+        refs = {}
+        for name, key in (("cl100k_base", "cl100k"), ("o200k_base", "o200k")):
+            path = getattr(cfg, key)
+            if path.lower() == "none":
+                continue
+            if path == getattr(BPEConfig, key) and not Path(path).exists():   # the default may be absent (CI)
+                print(f"note: no {path}, so no {name} column (pass --{key}=PATH)")
+                continue
+            refs[name] = path
+        return report(cfg.report, _split(cfg.heldout) or None, refs, cfg.png or None)
+    if not (cfg.input and cfg.out):
+        raise BPEError("pass --input FILES --out DIR to train a tokenizer, or --report DIR to measure one "
+                       "(python bpe.py --help lists every key)")
+    files = _split(cfg.input)
+    check_input_files(files)                                  # everything is checked before any work
+    check_sizes(cfg.vocab_size, cfg.max_bytes)
+    check_output_dir(cfg.out, is_tokenizer_dir, cfg.overwrite)
+    max_bytes = None if cfg.max_bytes is None else int(cfg.max_bytes)          # 2e9 -> 2000000000
+    enc = train_from_files(files, cfg.vocab_size, cfg.out, alpha=cfg.alpha, max_bytes=max_bytes,
+                           processes=cfg.processes, overwrite=cfg.overwrite)
+    print(f"wrote {cfg.out}: {enc.n_vocab:,} tokens, hash {tokenizer_hash(cfg.out)[:12]}")
+    return enc
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli(run, BPEConfig, _join_lists(argv), prog="bpe.py")
 
 
 if __name__ == "__main__":

@@ -131,8 +131,10 @@ def _join_spaced(argv, defaults, names):
     return out
 
 
-def parse_args(cls, argv=None, prog=None):
-    """Build a `cls` dataclass instance from defaults, config files and --key=value overrides."""
+def parse_args(cls, argv=None, prog=None, other_file_keys=False):
+    """Build a `cls` dataclass instance from defaults, config files and --key=value overrides.
+    other_file_keys: config files may hold keys cls does not have (plan.py reads train.py's config files and uses
+    the keys it knows; train.py itself checks the rest). Command-line keys are always checked."""
     argv = sys.argv[1:] if argv is None else list(argv)
     defaults = cls()
     names = [f.name for f in dataclasses.fields(cls)]
@@ -151,6 +153,8 @@ def parse_args(cls, argv=None, prog=None):
             values[key] = _coerce(key, _literal(raw), getattr(defaults, key), f"argument {arg!r}")
         elif arg.endswith(".py"):
             for key, val in _read_config_file(arg).items():
+                if other_file_keys and key not in names:
+                    continue
                 if key not in names:
                     raise ConfigError(f"config file {arg!r}: unknown key {key!r}.{_closest(key, names)}")
                 values[key] = _coerce(key, val, getattr(defaults, key), f"config file {arg!r}")
@@ -169,11 +173,11 @@ def usage(cls, prog=None):
     return "\n".join(lines)
 
 
-def run_cli(main_fn, cls, argv=None, prog=None):
+def run_cli(main_fn, cls, argv=None, prog=None, other_file_keys=False):
     """Parse, call main_fn(cfg). Bad input (a bad setting, a missing file, invalid data: ValueError or OSError
     subclasses) -> one line on stderr and exit code 2; POLYLM_DEBUG=1 shows the traceback instead."""
     try:
-        return main_fn(parse_args(cls, argv, prog))
+        return main_fn(parse_args(cls, argv, prog, other_file_keys))
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         if os.environ.get("POLYLM_DEBUG"):
             raise

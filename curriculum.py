@@ -38,15 +38,17 @@ Presets (`curriculum=` in train.py):
 Stage transitions are hard switches, or linear ramps over `ramp_frac` of the training tokens (centred on the
 boundary).
 
-    python curriculum.py --plot RUN_DIR              # target vs realised mixture over training (stacked areas)
-    python curriculum.py --compare RUN_A RUN_B ...   # the ablation figure + English vs non-English table
+    python curriculum.py --plot=RUN_DIR              # target vs realised mixture over training (stacked areas)
+    python curriculum.py --compare=RUN_A,RUN_B,...   # the ablation figure + English vs non-English table
 """
+import dataclasses
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from common import pyplot, read_jsonl
 
 
 class CurriculumError(ValueError):
@@ -253,17 +255,12 @@ def _lang_of(source):
 
 
 def _read_metrics(run_dir):
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: pass a run dir written by train.py")
-    return [json.loads(line) for line in open(path, encoding="utf-8")]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl", "the metrics.jsonl of a run dir written by train.py")
 
 
 def plot_mixture(run_dir, out=None):
     """Stacked areas of the target and the realised mixture (per language) over training -> mixture.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     recs = [r for r in _read_metrics(run_dir) if "mix" in r and "target" in r]
     if not recs:
         raise ValueError(f"{run_dir}/metrics.jsonl has no mixture records (written every log_interval steps)")
@@ -287,9 +284,7 @@ def plot_mixture(run_dir, out=None):
 
 def compare_runs(run_dirs, out="ablation.png"):
     """Per-language val bpb curves of several runs on one figure, and a table: English vs non-English average."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     runs = {}
     for d in run_dirs:
         cfg = json.loads((Path(d) / "config.json").read_text())["train"]
@@ -319,21 +314,31 @@ def compare_runs(run_dirs, out="ablation.png"):
     return "\n".join(rows)
 
 
+@dataclasses.dataclass
+class CurriculumConfig:
+    plot: str = ""                      # a run dir: draw its target vs realised mixture -> RUN_DIR/mixture.png
+    compare: str = ""                   # run dirs, comma-separated: the ablation figure + English vs non-English table
+    out: str = ""                       # --compare's figure ('' = ablation.png next to the first run dir)
+
+
+def run(cfg):
+    if cfg.plot:
+        return print(f"wrote {plot_mixture(cfg.plot)}")
+    runs = [r for r in cfg.compare.split(",") if r]
+    if len(runs) < 2:
+        raise ValueError("give --plot=RUN_DIR, or --compare=RUN_A,RUN_B[,...] (at least two run dirs)")
+    out = Path(cfg.out or Path(runs[0]).parent / "ablation.png")
+    print(compare_runs(runs, out))
+    print(f"wrote {out}")
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        if len(argv) == 2 and argv[0] == "--plot":
-            print(f"wrote {plot_mixture(argv[1])}")
-        elif len(argv) >= 3 and argv[0] == "--compare":
-            out = Path(argv[1]).parent / "ablation.png"
-            print(compare_runs(argv[1:], out))
-            print(f"wrote {out}")
-        else:
-            print("usage: python curriculum.py --plot RUN_DIR | --compare RUN_A RUN_B [...]", file=sys.stderr)
-            raise SystemExit(2)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    from config import run_cli
+    import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--compare"] and len(argv) > 2:                   # --compare A B C (the older spelling)
+        argv = ["--compare=" + ",".join(argv[1:])]
+    return run_cli(run, CurriculumConfig, argv, prog="curriculum.py")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from lid import LANGS, HashIndex, codepoints, content_hash_frac, extend_hashes
+from common import LANGS, SPACELESS
+from lid import HashIndex, codepoints, content_hash_frac, extend_hashes
 
-SPACELESS = {"zh", "ja", "th"}     # written without spaces between words: measured in characters
 
 # ----------------------------------------------------------------------------- 1. rules
 
@@ -371,39 +371,55 @@ def band_keys(sig, bands):
     return k
 
 
+def band_pairs(keys, get_sig, threshold=0.8, live=None):
+    """Near-duplicate pairs (i, j), i < j, found by ONE band: documents whose key in this band is equal are candidates;
+    each is paired with the first (lowest index) of its bucket and kept when the estimated Jaccard similarity of the
+    two signatures is >= threshold. keys: (N,) uint64 band keys; get_sig(idx) -> their signatures (may stay on disk);
+    live: documents to consider (e.g. not the texts without letters). Bands are independent, so they can run as
+    separate jobs (pipeline.py's dedup phase: one job per band); memory O(N) for the sort."""
+    idx = np.arange(len(keys)) if live is None else np.flatnonzero(live)
+    order = idx[np.argsort(keys[idx], kind="stable")]                  # stable: lowest index first in each group
+    ks = keys[order]
+    same = np.r_[False, ks[1:] == ks[:-1]]
+    if not same.any():
+        return np.zeros((0, 2), dtype=np.int64)
+    group_first = order[np.maximum.accumulate(np.where(~same, np.arange(len(order)), 0))]
+    a, b = group_first[same], order[same]                              # candidate pairs (first of group, other)
+    ok = (get_sig(a) == get_sig(b)).mean(axis=1) >= threshold
+    return np.stack([a[ok], b[ok]], axis=1).astype(np.int64)
+
+
+def components(n, pairs):
+    """Root of every document's cluster when pairs (k, 2) are edges: the lowest index of its connected component.
+    Vectorised union-find: hook every edge's larger root onto the smaller, then jump pointers, until stable (a few
+    rounds; O(edges) numpy work per round, no Python loop over pairs)."""
+    root = np.arange(n)
+    if len(pairs) == 0:
+        return root
+    a, b = pairs[:, 0], pairs[:, 1]
+    while True:
+        ra, rb = root[a], root[b]
+        lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
+        if (lo == hi).all():
+            return root
+        np.minimum.at(root, hi, lo)                                    # hook: the larger root points to the smaller
+        while True:                                                    # pointer jumping: root[i] = root[root[i]]
+            nxt = root[root]
+            if (nxt == root).all():
+                break
+            root = nxt
+
+
 def near_duplicates(keys, get_sig, threshold=0.8, skip=None):
     """Boolean mask of documents to drop: in each cluster of near-duplicates all but the first (lowest index).
 
-    keys: (N, bands) band keys (or a list of such arrays, concatenated in order), one band at a time;
-    get_sig(idx) -> signatures of those documents, to check each candidate pair's estimated Jaccard >= threshold;
-    skip: documents not to consider (exact duplicates already dropped, texts without letters).
-    Memory is O(N) per band pass, plus the candidate pairs; the signatures can stay on disk (memmap).
-    """
+    keys: (N, bands) band keys (or a list of such arrays, concatenated in order); get_sig(idx) -> signatures of those
+    documents; skip: documents not to consider (exact duplicates already dropped, texts without letters).
+    The one-process form of what pipeline.py runs band by band across jobs: band_pairs per band, then components."""
     parts = keys if isinstance(keys, list) else [keys]
     N = sum(len(k) for k in parts)
     bands = parts[0].shape[1] if N else 0
-    parent = np.arange(N)
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-    live = np.ones(N, dtype=bool) if skip is None else ~np.asarray(skip, dtype=bool)
-    for band in range(bands):
-        k = np.concatenate([p[:, band] for p in parts])
-        idx = np.flatnonzero(live)
-        order = idx[np.argsort(k[idx], kind="stable")]                 # stable: lowest index first in each group
-        ks = k[order]
-        same = np.r_[False, ks[1:] == ks[:-1]]
-        if not same.any():
-            continue
-        group_first = order[np.maximum.accumulate(np.where(~same, np.arange(len(order)), 0))]
-        a, b = group_first[same], order[same]                          # candidate pairs (first of group, other)
-        est = (get_sig(a) == get_sig(b)).mean(axis=1)
-        for i, j in zip(a[est >= threshold].tolist(), b[est >= threshold].tolist()):
-            ri, rj = find(i), find(j)
-            if ri != rj:
-                parent[max(ri, rj)] = min(ri, rj)                      # the root is the lowest index
-    roots = np.array([find(i) for i in range(N)]) if N else np.zeros(0, int)
-    return roots != np.arange(N)
+    live = None if skip is None else ~np.asarray(skip, dtype=bool)
+    pairs = [band_pairs(np.concatenate([p[:, band] for p in parts]), get_sig, threshold, live) for band in range(bands)]
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+    return components(N, pairs) != np.arange(N)

@@ -24,6 +24,7 @@ per row, so a row in a batch gives exactly the tokens it gives alone). Speed: do
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -165,12 +166,14 @@ class PolyLM(nn.Module):
             maybe_compile(block)
         return self
 
-    def forward(self, idx, targets=None, ignore_index=-100, kernel="auto"):
-        """Without targets: logits (B, T, vocab). With targets: the mean cross-entropy (logits never built)."""
+    def forward(self, idx, targets=None, ignore_index=-100, kernel="auto", reduction="mean"):
+        """Without targets: logits (B, T, vocab). With targets: the cross-entropy over the non-ignored targets, their
+        mean or (reduction="sum") their sum (logits never built)."""
         x = self.hidden(idx)
         if targets is None:
             return F.linear(x, self.wte.weight)
-        return linear_cross_entropy(x, self.wte.weight, targets, ignore_index=ignore_index, impl=kernel)
+        return linear_cross_entropy(x, self.wte.weight, targets, ignore_index=ignore_index, impl=kernel,
+                                    reduction=reduction)
 
     def token_nll(self, idx, targets, ignore_index=-100):
         """Per-token negative log-likelihood in nats (B, T); 0 where targets == ignore_index."""
@@ -416,33 +419,104 @@ class KVCache:
 
 # ----------------------------------------------------------------------------- reading a run directory
 # A run dir (train.py writes it) holds config.json {"model": {...}, "train": {...}, "tokenizer_hash": ...},
-# tokenizer/ and ckpt/step_XXXXXX/{model.pt, optim.pt, state.json}, with ckpt/latest naming the newest complete one.
+# tokenizer/ and ckpt/step_XXXXXX/{model.pt, optim.pt | dcp/, state.json}, with ckpt/latest naming the newest one.
+# state.json lists every file of its checkpoint with its size and CRC-32 (runtime.save_checkpoint), so a truncated or
+# damaged checkpoint is found before torch.load trips over it, and the previous one is used instead.
 
-def latest_checkpoint(run_dir):
-    """Path of the newest complete checkpoint of a run dir, or None."""
+class CheckpointError(ValueError):
+    """A checkpoint or run dir that cannot be used: the message names it and says what to do."""
+
+
+def verify_checkpoint(path, full=True):
+    """Raise CheckpointError unless every file state.json lists is there with its size (and, if full, its CRC-32).
+    Checkpoints written before state.json listed files pass on their state.json alone."""
+    import zlib
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: no readable state.json ({e.__class__.__name__})") from None
+    for name, meta in state.get("files", {}).items():
+        f = path / name
+        if not f.is_file() or f.stat().st_size != meta["bytes"]:
+            raise CheckpointError(f"{f}: missing or of the wrong size (a truncated checkpoint)")
+        if full:
+            crc = 0
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    crc = zlib.crc32(chunk, crc)
+            if crc != meta["crc32"]:
+                raise CheckpointError(f"{f}: CRC-32 mismatch (damaged checkpoint)")
+    if "files" not in state and not ((path / "model.pt").exists() or (path / "dcp").is_dir()):
+        raise CheckpointError(f"{path}: no model.pt and no dcp/")
+    return state
+
+
+def latest_checkpoint(run_dir, verify=True, warn=None):
+    """Path of the newest checkpoint of a run dir that is complete (and, with verify, whose files match their
+    CRC-32s), or None. A damaged newest checkpoint is reported through warn(message) and an older one is used."""
     ckpt = Path(run_dir) / "ckpt"
-    latest = ckpt / "latest"
-    if latest.exists():
-        path = ckpt / latest.read_text().strip()
-        if (path / "model.pt").exists():
+    if not ckpt.is_dir():
+        return None
+    named = ckpt / "latest"
+    cands = sorted((p for p in ckpt.glob("step_*") if p.is_dir()), reverse=True)
+    if named.exists():
+        first = ckpt / named.read_text().strip()
+        cands = [first] + [p for p in cands if p != first]
+    for path in cands:
+        try:
+            verify_checkpoint(path, full=verify)
             return path
-    done = sorted(p for p in ckpt.glob("step_*") if (p / "state.json").exists()) if ckpt.is_dir() else []
-    return done[-1] if done else None
+        except CheckpointError as e:
+            (warn or (lambda m: warnings.warn(m, stacklevel=3)))(f"{e}; using an older checkpoint")
+    return None
+
+
+def run_model_config(run_dir):
+    """The ModelConfig of a run dir (config.json), or a one-line error."""
+    cfg_path = Path(run_dir) / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path} not found: --ckpt must be a run dir written by train.py or sft.py")
+    try:
+        return ModelConfig(**json.loads(cfg_path.read_text())["model"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{cfg_path} is not a train.py config ({e.__class__.__name__}: {e})") from None
 
 
 def load_model(run_dir, device="cpu", checkpoint=None):
-    """The trained model of a run dir (newest checkpoint unless one is given), in eval mode."""
+    """The trained model of a run dir (newest good checkpoint unless one is given), in eval mode."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path} not found: --ckpt must be a run dir written by train.py or sft.py")
-    cfg = ModelConfig(**json.loads(cfg_path.read_text())["model"])
+    cfg = run_model_config(run_dir)
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if path is None:
         raise FileNotFoundError(f"{run_dir}/ckpt/ holds no complete checkpoint; train first (python train.py)")
+    if checkpoint:
+        verify_checkpoint(path)
+    if not (path / "model.pt").exists():
+        raise CheckpointError(f"{path} is a sharded FSDP checkpoint without model.pt; write one with "
+                              f"`python train.py --consolidate_ckpt={path}`")
     model = PolyLM(cfg)
-    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}/model.pt cannot be loaded ({str(e).splitlines()[0][:160]})") from None
     return model.to(device).eval()
+
+
+def load_tokenizer(run_dir):
+    """The run dir's tokenizer (bpe.load), checked against the tokenizer hash its config.json recorded: a run dir
+    holding another tokenizer of the same size would otherwise give garbage text without an error."""
+    import bpe
+    run_dir = Path(run_dir)
+    tok_dir = run_dir / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        raise FileNotFoundError(f"{tok_dir}/tokenizer.json not found: --ckpt must be a complete run dir")
+    want = json.loads((run_dir / "config.json").read_text()).get("tokenizer_hash")
+    have = bpe.tokenizer_hash(tok_dir)
+    if want and have != want:
+        raise CheckpointError(f"{tok_dir} is tokenizer {have[:12]}…, but {run_dir} was trained with {want[:12]}…: put "
+                              f"the run's own tokenizer back in {tok_dir}")
+    return bpe.load(tok_dir)
 
 
 def count_params(cfg: ModelConfig) -> int:

@@ -24,14 +24,24 @@ Time: tokens/s = N x peak x MFU / (training FLOPs per token, model.flops_per_tok
 import dataclasses
 
 from config import run_cli
-from model import PolyLM, preset
-from train import GPU_PEAK_FLOPS, TrainConfig
+from model import PRESETS, PolyLM, preset
+from runtime import GPU_PEAK_FLOPS
 
 GiB = 2**30
 
 
 @dataclasses.dataclass
-class PlanConfig(TrainConfig):
+class PlanConfig:
+    # the run (the same keys as train.py's, so `python plan.py config/x.py` reads train.py's config files)
+    preset: str = "toy"                 # model preset: toy | polylm-1.7b | polylm-13b
+    n_layer: int = 0                    # override the preset's layers (0 = keep)
+    n_head: int = 0                     # override the preset's heads (0 = keep)
+    n_embd: int = 0                     # override the preset's width (0 = keep)
+    block_size: int = 256               # context length in tokens
+    vocab_size: int = 8192              # vocabulary size
+    batch_size: int = 16                # sequences per micro-batch per GPU
+    grad_accum: int = 1                 # micro-batches per optimizer step
+    # the machine and the budget
     gpus: int = 32                      # number of GPUs (PolyLM-13B: 32 A100)
     gpu: str = "A100"                   # GPU kind for the peak FLOP/s table: A100 | H100 | H200
     gpu_mem_gb: float = 80.0            # memory per GPU in GB
@@ -40,8 +50,21 @@ class PlanConfig(TrainConfig):
     fused_ce: bool = True               # chunked linear + cross-entropy (no full logits)
 
 
+def check(cfg):
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"preset={cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    if cfg.gpu not in GPU_PEAK_FLOPS:
+        raise ValueError(f"gpu={cfg.gpu!r}: no peak FLOP/s for it; choose one of {', '.join(GPU_PEAK_FLOPS)}")
+    for key in ("gpus", "batch_size", "grad_accum", "block_size", "vocab_size"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key}={getattr(cfg, key)} must be >= 1")
+    if not 0 < cfg.mfu <= 1 or cfg.gpu_mem_gb <= 0 or cfg.tokens <= 0:
+        raise ValueError(f"mfu={cfg.mfu} must be in (0, 1]; gpu_mem_gb and tokens must be > 0")
+
+
 def plan(cfg: PlanConfig):
     import torch
+    check(cfg)
     overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k)}
     mcfg = preset(cfg.preset, **overrides, block_size=cfg.block_size, vocab_size=cfg.vocab_size)
     with torch.device("meta"):
@@ -89,7 +112,7 @@ def plan(cfg: PlanConfig):
 
 
 def main(argv=None):
-    return run_cli(plan, PlanConfig, argv, prog="plan.py")
+    return run_cli(plan, PlanConfig, argv, prog="plan.py", other_file_keys=True)
 
 
 if __name__ == "__main__":

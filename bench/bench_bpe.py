@@ -10,7 +10,7 @@ compression (bytes/token per language: ours at 32K and 256K vs cl100k/o200k), sc
 and peak RSS on the 17 MB split and on all of --src), toy (8192 tokens on data/sample), markdown (print the tables of results.json).
 Timings on a shared machine are noisy: every comparison is made side by side in one run.
 """
-import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -122,11 +122,11 @@ def _bytes_to_unicode():
 
 
 def run_child(args, kind, vocab_size, alpha=1.0, pattern=bpe.PATTERN, save=None, vocab_out=None, train_dir=None):
-    cmd = [sys.executable, __file__, "--child", kind, "--work", str(args.work), "--vocab_size", str(vocab_size),
-           "--alpha", str(alpha), "--pattern", pattern]
-    cmd += ["--train_dir", str(train_dir)] if train_dir else []
-    cmd += ["--save", str(save)] if save else []
-    cmd += ["--vocab_out", str(vocab_out)] if vocab_out else []
+    cmd = [sys.executable, __file__, f"--child={kind}", f"--work={args.work}", f"--vocab_size={vocab_size}",
+           f"--alpha={float(alpha)}", f"--pattern={pattern}"]
+    cmd += [f"--train_dir={train_dir}"] if train_dir else []
+    cmd += [f"--save={save}"] if save else []
+    cmd += [f"--vocab_out={vocab_out}"] if vocab_out else []
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
@@ -174,7 +174,7 @@ def bench_naive(args, results, n_merges=3):
         for chunk in ids:
             stats.update(zip(chunk, chunk[1:]))
         pair = max(stats, key=stats.get)
-        ids = [bpe._merge(chunk, pair, 256 + k) for chunk in ids]
+        ids = [bpe.merge(chunk, pair, 256 + k) for chunk in ids]
         times.append(time.perf_counter() - t0)
     per = statistics.median(times)
     n = args.vocab_size - 256 - len(bpe.SPECIAL_TOKENS)
@@ -231,17 +231,16 @@ def bench_profile(args, results):
         bpe.train_fast(counts, args.vocab_size - len(bpe.SPECIAL_TOKENS))
     finally:
         bpe.tqdm = real_tqdm
-    edges = [0, 100, 1000, 4000, 16000, len(marks)]
+    edges = sorted({min(e, len(marks)) for e in (0, 100, 1000, 4000, 16000, len(marks))})   # small vocabs too
     start = [c1] + marks
     buckets = {f"merges {a}-{b}": start[b] - start[a] for a, b in zip(edges, edges[1:])}
-    raw = [c.encode("utf-8") for c in counts]
-    _, where = bpe._initial_index(raw, list(counts.values()))
-    widest = sorted(((len(ws), p) for p, ws in where.items()), reverse=True)[:3]
+    in_chunks = Counter(pair for c in counts for b in [c.encode("utf-8")] for pair in set(zip(b, b[1:])))
+    widest = [(n, bytes(p).hex()) for p, n in in_chunks.most_common(3)]      # the pairs the first merges must visit
     results["profile"] = {"count_1proc_cpu_s": c1 - c0, **buckets, "distinct_chunks": len(counts),
-                          "widest_byte_pairs": [(n, p.encode("latin-1").hex()) for n, p in widest]}
+                          "widest_byte_pairs": widest}
     print(f"profile: counting (1 process) {c1 - c0:.1f}s CPU; " + ", ".join(f"{k} {v:.1f}s" for k, v in buckets.items()))
     print(f"profile: {len(counts):,} distinct chunks; the byte pairs in most of them: " +
-          ", ".join(f"{p.encode('latin-1').hex()} in {n:,}" for n, p in widest))
+          ", ".join(f"{p} in {n:,}" for n, p in widest))
 
 
 def heldout_texts(args):
@@ -331,23 +330,24 @@ def bench_toy(args, results):
                                                               for r in runs))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--src", default="/work/shared/data/mono", help="dir with <lang>.txt (up to a few MB each)")
-    ap.add_argument("--ref", default=str(bpe.REFERENCE_DIR), help="dir with cl100k_base/o200k_base.tiktoken")
-    ap.add_argument("--work", default="/tmp/bench_bpe", help="scratch dir (corpus split, tokenizers)")
-    ap.add_argument("--vocab_size", type=int, default=32000)
-    ap.add_argument("--big_vocab", type=int, default=256000)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", nargs="+", default=["corpus", "train", "profile", "naive", "encode", "ablation", "compression", "scale",
-                             "toy", "markdown"])
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--alpha", type=float, default=1.0, help=argparse.SUPPRESS)
-    ap.add_argument("--pattern", default=bpe.PATTERN, help=argparse.SUPPRESS)
-    ap.add_argument("--save", help=argparse.SUPPRESS)
-    ap.add_argument("--vocab_out", help=argparse.SUPPRESS)
-    ap.add_argument("--train_dir", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+@dataclasses.dataclass
+class BPEBenchConfig:
+    src: str = "/work/shared/data/mono"  # dir with <lang>.txt (up to a few MB each)
+    ref: str = str(bpe.REFERENCE_DIR)   # dir with cl100k_base/o200k_base.tiktoken
+    work: str = "/tmp/bench_bpe"        # scratch dir (corpus split, tokenizers)
+    vocab_size: int = 32000             # vocabulary of the main comparison
+    big_vocab: int = 256000             # PolyLM's vocabulary, for the scale section
+    repeats: int = 3                    # runs per measurement (medians)
+    only: str = "corpus,train,profile,naive,encode,ablation,compression,scale,toy,markdown"  # sections, in order
+    child: str = ""                     # (internal) run one training in this process: ours | hf
+    alpha: float = 1.0                  # (internal) the child's sampling exponent
+    pattern: str = bpe.PATTERN          # (internal) the child's pre-tokenizer regex
+    save: str = ""                      # (internal) where the child saves its tokenizer
+    vocab_out: str = ""                 # (internal) where the child writes its vocabulary
+    train_dir: str = ""                 # (internal) the child's training text dir
+
+
+def run(args):
     if args.child:
         return child(args)
     args.work, args.ref = Path(args.work), Path(args.ref)
@@ -359,11 +359,16 @@ def main():
                 "train": bench_train, "naive": bench_naive, "encode": bench_encode,
                 "ablation": bench_ablation, "compression": bench_compression, "scale": bench_scale,
                 "profile": bench_profile, "toy": bench_toy, "markdown": markdown}
-    for name in args.only:
+    for name in args.only.split(","):
         sections[name](args, results)
         results["machine"]["load_avg_end"] = os.getloadavg()
         out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
+
+
+def main(argv=None):
+    from config import run_cli
+    return run_cli(run, BPEBenchConfig, argv, prog="bench/bench_bpe.py")
 
 
 if __name__ == "__main__":

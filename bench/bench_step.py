@@ -18,9 +18,9 @@ largest difference of every step's loss against nanoGPT compile.
 Timing. Every runner is its own worker process (`--worker`: no runner inherits another's allocator state, caches or
 compiled code), built and warmed up (compiled) first; then the parent times them in interleaved rounds, one worker at a time (the others wait, idle, on
 their stdin), each doing --steps steps per round. tokens/s is the median over --rounds rounds, so every runner sees
-the same machine load. MFU is against the machine's fp32 GEMM rate (train.peak_flops: a 1024^3 matmul probe), with
+the same machine load. MFU is against the machine's fp32 GEMM rate (runtime.peak_flops: a 1024^3 matmul probe), with
 model.flops_per_token (6N + attention). bf16: on CPUs without native bf16 (AVX2 only) a bf16 matmul is emulated and
-tens of times slower, so instead of a training row the script prints the bf16/fp32 probe ratio (train.resolve_dtype
+tens of times slower, so instead of a training row the script prints the bf16/fp32 probe ratio (runtime.resolve_dtype
 makes the same choice); on native-bf16 CPUs --bf16 adds an autocast row.
 """
 import argparse
@@ -128,10 +128,13 @@ def load_nanogpt(path):
 def make_batches(path, n, batch, block, seed=0):
     """n (x, y) batches of real tokens (the toy run's tokenizer on data/sample, cached by train.py) -> an .npz."""
     import bpe
-    import data
-    import train
-    enc = bpe.load(train.prepare_tokenizer(train.TrainConfig(), lambda m: None))
-    toks = np.concatenate([data.tokenize_documents(enc, data.read_documents(p))
+    import corpus
+    import shards
+    tok = ROOT / "cache" / "tokenizer-8192-sample"                    # what `python train.py` trains and caches
+    if not (tok / "tokenizer.json").exists():
+        bpe.train_from_files(sorted(str(p) for p in (ROOT / "data" / "sample" / "mono").glob("*.txt")), 8192, str(tok))
+    enc = bpe.load(tok)
+    toks = np.concatenate([shards.tokenize_documents(enc, corpus.read_documents(p))
                            for p in sorted((ROOT / "data" / "sample" / "mono").glob("*.txt"))])
     ix = np.random.default_rng(seed).integers(0, len(toks) - block - 1, (n, batch))
     np.savez(path, x=np.stack([[toks[i:i + block] for i in row] for row in ix]),
@@ -163,7 +166,7 @@ class Worker:
 
 def run_shape(shape, args):
     import torch
-    import train
+    import runtime
     from config import cpu_name
     from model import PolyLM, preset
     overrides, batch, block = SHAPES[shape]
@@ -188,7 +191,7 @@ def run_shape(shape, args):
                 w.times.append(statistics.mean(w.run(a, a + args.steps)))
         for w in workers:
             w.close()
-    peak = train.peak_flops(torch.device("cpu"), torch.float32)
+    peak = runtime.peak_flops(torch.device("cpu"), torch.float32)
     flops = PolyLM(cfg).flops_per_token(block)
     base = next((w for w in workers if w.name == NANO_COMPILE), None)
     print(f"\nGEMM peak (fp32 1024^3 matmul probe): {peak / 1e9:.1f} GFLOP/s; {flops / 1e6:.1f} MFLOP per token\n")
@@ -202,8 +205,8 @@ def run_shape(shape, args):
     print(f"\nlosses of the first {len(workers[-1].losses)} steps ({workers[-1].name}): "
           + " ".join(f"{v:.3f}" for v in workers[-1].losses))
     if not args.bf16:
-        fp32, bf = (train._matmul_rate(dt, n=512, reps=4) for dt in (torch.float32, torch.bfloat16))
-        print(f"bf16: not trained here (no native bf16 on this CPU, train.resolve_dtype keeps fp32): a 512^3 bf16 "
+        fp32, bf = (runtime.matmul_rate(dt, n=512, reps=4) for dt in (torch.float32, torch.bfloat16))
+        print(f"bf16: not trained here (no native bf16 on this CPU, runtime.resolve_dtype keeps fp32): a 512^3 bf16 "
               f"matmul runs at {bf / 1e9:.1f} GFLOP/s vs {fp32 / 1e9:.1f} fp32 ({fp32 / bf:.0f}x slower)")
 
 

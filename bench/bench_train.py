@@ -1,8 +1,9 @@
 """Checkpoint save/load time and size (toy and a ~100M model), and training tokens/s for 1 vs 2 processes.
 
-    python bench/bench_train.py ckpt                  # save/load of model + AdamW state, median of 3
-    python bench/bench_train.py scaling               # tokens/s: 1 process vs torchrun 2 processes (DDP), same global batch
+    python bench/bench_train.py --only=ckpt           # save/load of model + AdamW state, median of 3
+    python bench/bench_train.py --only=scaling        # tokens/s: 1 process vs torchrun 2 processes (DDP), same global batch
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from model import PolyLM, preset  # noqa: E402
 
 
 def bench_ckpt():
-    import train
+    import runtime
     from curriculum import Mixer, Stage
     import numpy as np
     for name, cfg in (("toy", preset("toy")), ("~100M", preset("toy", n_layer=12, n_head=12, n_embd=768,
@@ -29,15 +30,15 @@ def bench_ckpt():
         m(torch.randint(0, cfg.vocab_size, (1, 8)), torch.randint(0, cfg.vocab_size, (1, 8))).backward()
         opt.step()                                         # materialise the AdamW state
         mixer = Mixer({"en": np.arange(10_000)}, [Stage("s", 1.0, {"en": 1.0})], 100, 8)
-        tcfg = train.TrainConfig(keep_ckpts=1)
+        tcfg = runtime.RunConfig(keep_ckpts=1)
         saves, loads = [], []
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(3):
                 t = time.perf_counter()
-                path = train.save_checkpoint(tmp, i + 1, m, opt, mixer, train.Dist(), tcfg)
+                path = runtime.save_checkpoint(tmp, i + 1, m, opt, mixer, runtime.Dist(), tcfg)
                 saves.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                train.load_training_state(path, m, opt, mixer, train.Dist())
+                runtime.load_training_state(path, m, opt, mixer, runtime.Dist())
                 loads.append(time.perf_counter() - t)
             size = sum(f.stat().st_size for f in path.iterdir())
         print(f"{name}: {m.num_params():,} params, checkpoint {size / 2**20:,.1f} MiB, "
@@ -47,7 +48,7 @@ def bench_ckpt():
 def bench_scaling(steps=12):
     work = Path(tempfile.mkdtemp())
     args = ["--max_iters=%d" % steps, "--eval_interval=1000", "--eval_tokens=64", "--samples=False",
-            "--log_interval=4", "--dtype=float32"]
+            "--log_interval=4", "--dtype=float32", "--overwrite=True"]
     res = {}
     for label, cmd, batch in (("1 process", [sys.executable, str(ROOT / "train.py")], 16),
                               ("2 processes (DDP)", [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -66,5 +67,23 @@ def bench_scaling(steps=12):
     print(f"scaling efficiency (2 processes on 2 cores vs 1 process using both): {b / a:.2f}")
 
 
+@dataclasses.dataclass
+class TrainBenchConfig:
+    only: str = "ckpt"                  # sections, comma-separated: ckpt | scaling
+    steps: int = 12                     # scaling: training steps per run
+
+
+def run(cfg):
+    for name in cfg.only.split(","):
+        if name not in ("ckpt", "scaling"):
+            raise ValueError(f"only={name!r}: choose ckpt or scaling")
+        bench_ckpt() if name == "ckpt" else bench_scaling(cfg.steps)
+
+
+def main(argv=None):
+    from config import run_cli
+    return run_cli(run, TrainBenchConfig, argv, prog="bench/bench_train.py")
+
+
 if __name__ == "__main__":
-    {"ckpt": bench_ckpt, "scaling": bench_scaling}[sys.argv[1] if len(sys.argv) > 1 else "ckpt"]()
+    main()

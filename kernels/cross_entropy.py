@@ -43,14 +43,14 @@ import functools
 import torch
 import torch.nn.functional as F
 
-# impl="auto" uses the chunked path on CPU once N * V exceeds this many logits. Measured with `python -m kernels.bench
+# impl="auto" uses the chunked path on CPU once N * V exceeds this many logits. Measured with `python bench/bench_kernels.py
 # --threshold` (docs/BENCHMARKS.md (kernels section), d=256): from 2^22 logits up the chunked version is faster (0.5-0.8x the
 # reference's time), at 2^18-2^20 the two are tied within noise. Below 2^20 logits (4 MB) memory is no concern, so
 # "auto" keeps the plain reference there (it also supports retain_graph and double backward).
 AUTO_CHUNK_THRESHOLD = 2 ** 20
 # Default chunk: about this many bytes of fp32 logits per chunk, rounded down to a multiple of 64 rows (BLAS kernels
 # handle the GEMM's chunk dimension in blocks; an odd 131 rows ran the logits GEMM 1.5x slower than 128 at d=2048).
-# At V = 256,000 that is 256 rows, 262 MB. Chosen from `python -m kernels.bench --sweep` (docs/BENCHMARKS.md (kernels section)):
+# At V = 256,000 that is 256 rows, 262 MB. Chosen from `python bench/bench_kernels.py --sweep` (docs/BENCHMARKS.md (kernels section)):
 # every chunk re-reads W twice and read-modify-writes the (V, d) weight gradient, so small chunks are slow on CPU
 # (32 rows / 33 MB cost ~1.8x the CPU time of 256 rows at d=512); 262 MB is still ~4% of the naive loss's ~6 GB.
 TARGET_CHUNK_BYTES = 256 * 2 ** 20

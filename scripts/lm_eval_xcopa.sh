@@ -16,14 +16,15 @@ LIMIT=${2:-0}
 LANGS=${3:-id,it,th,tr,vi,zh}
 PY=${PYTHON:-python}
 HF="${RUN%/}-hf"
+LOGS="${RUN%/}-lm_eval"                    # outside the export dir: export.py replaces only its own files
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export HF_DATASETS_CACHE="${HF_DATASETS_CACHE:-$HF/.datasets_cache}"
+export HF_DATASETS_CACHE="${HF_DATASETS_CACHE:-$LOGS/.datasets_cache}"
 
-"$PY" export.py --ckpt "$RUN" --out "$HF"
+"$PY" export.py --ckpt "$RUN" --out "$HF" --overwrite=True
 TASKS=$(echo "$LANGS" | sed 's/\([a-z]*\)/xcopa_local_\1/g')
 LIMIT_ARG=()
 [ "$LIMIT" != 0 ] && LIMIT_ARG=(--limit "$LIMIT")
-rm -rf "$HF/lm_eval"
+rm -rf "$LOGS/lm_eval"
 "$PY" -m lm_eval --model hf --model_args "pretrained=$HF,dtype=float32" --device cpu --batch_size 16 \
-    --include_path scripts/lm_eval_tasks --tasks "$TASKS" "${LIMIT_ARG[@]}" --output_path "$HF/lm_eval" --log_samples
-"$PY" scripts/lm_eval_tasks/compare.py --ckpt "$RUN" --samples "$HF/lm_eval" --langs "$LANGS"
+    --include_path scripts/lm_eval_tasks --tasks "$TASKS" "${LIMIT_ARG[@]}" --output_path "$LOGS/lm_eval" --log_samples
+"$PY" scripts/lm_eval_tasks/compare.py --ckpt "$RUN" --samples "$LOGS/lm_eval" --langs "$LANGS"

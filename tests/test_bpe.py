@@ -337,5 +337,182 @@ def test_cli_trains_and_reports(tmp_path, capsys):
     assert "th " in printed and (tmp_path / "c.png").stat().st_size > 1000
 
 
+def test_cli_takes_several_files_after_input_or_comma_separated(tmp_path):
+    files = []
+    for lang in ("en", "th"):
+        files.append(tmp_path / f"{lang}.txt")
+        files[-1].write_text(_lines(lang, 0, 60), encoding="utf-8")
+    bpe.main(["--input", *map(str, files), "--vocab_size=400", "--out", str(tmp_path / "a")])
+    bpe.main([f"--input={files[0]},{files[1]}", "--vocab_size=400", f"--out={tmp_path / 'b'}"])
+    assert bpe.tokenizer_hash(tmp_path / "a") == bpe.tokenizer_hash(tmp_path / "b")
+    meta = bpe.read_info(tmp_path / "a")["meta"]
+    assert [Path(f).stem for f in meta["files"]] == ["en", "th"]
+
+
+def test_cli_help_lists_every_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        bpe.main(["--help"])
+    assert e.value.code == 0
+    printed = capsys.readouterr().out
+    for key in ("input", "vocab_size", "out", "overwrite", "alpha", "max_bytes", "processes", "report", "heldout",
+                "cl100k", "o200k", "png"):
+        assert f"--{key} " in printed, key
+
+
+def test_report_uses_the_default_reference_files_only_if_they_exist(tok_dir, tmp_path, capsys):
+    held = tmp_path / "en.txt"
+    held.write_text(_lines("en", 150, 160), encoding="utf-8")
+    bpe.main(["--report", str(tok_dir), "--heldout", str(held), "--png", str(tmp_path / "c.png")])
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("lang"))
+    for name in ("cl100k_base", "o200k_base"):
+        path = bpe.REFERENCE_DIR / f"{name}.tiktoken"          # in CI it is absent: a note, not an error
+        assert (name in header) == path.exists() and (f"note: no {path}" in printed) == (not path.exists())
+    with pytest.raises(SystemExit) as e:                              # an explicit path must exist
+        bpe.main(["--report", str(tok_dir), "--heldout", str(held), "--cl100k", str(tmp_path / "no.tiktoken")])
+    assert e.value.code == 2
+
+
+# ----------------------------------------------------------------------------- the output dir: never lose a user's files
+
+def _cli_error(argv, capsys):
+    """Run the CLI, expect exit 2 and ONE line on stderr, no traceback; return that line."""
+    with pytest.raises(SystemExit) as e:
+        bpe.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    f = tmp_path / "en.txt"
+    f.write_text(_lines("en", 0, 60), encoding="utf-8")
+    return f
+
+
+def _leftovers(d):
+    return [p.name for p in Path(d).iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+@pytest.mark.parametrize("kind", ["user files", "run dir"])
+def test_cli_refuses_a_dir_that_is_not_a_tokenizer_and_keeps_its_files(corpus, tmp_path, capsys, kind, monkeypatch):
+    d = tmp_path / "out"
+    (d / "ckpt" / "step_000100").mkdir(parents=True)
+    if kind == "run dir":                                     # what train.py writes: a tokenizer/ among other things
+        (d / "config.json").write_text("{}")
+        (d / "ckpt" / "step_000100" / "model.pt").write_bytes(b"weights")
+    else:
+        (d / "notes.txt").write_text("my notes")
+    before = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    monkeypatch.setattr(bpe, "read_texts", lambda *a: pytest.fail("training started before the dir was checked"))
+    err = _cli_error(["--input", str(corpus), "--vocab_size=300", "--out", str(d)], capsys)
+    assert str(d) in err and "--overwrite=True" in err
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == before and not _leftovers(tmp_path)
+
+
+def test_cli_replaces_an_old_tokenizer_dir(corpus, tmp_path, capsys):
+    d = tmp_path / "tok"
+    bpe.main(["--input", str(corpus), "--vocab_size=300", "--out", str(d)])
+    bpe.report(d, [str(corpus)], references={}, png=None)     # the default chart lands inside the tokenizer dir
+    assert sorted(p.name for p in d.iterdir()) == ["compression.png", "tokenizer.json", "tokenizer.tiktoken"]
+    assert bpe.is_tokenizer_dir(d)
+    bpe.main(["--input", str(corpus), "--vocab_size=320", "--out", str(d)])
+    assert bpe.load(d).n_vocab == 320 and not _leftovers(tmp_path)
+    assert sorted(p.name for p in d.iterdir()) == ["tokenizer.json", "tokenizer.tiktoken"]
+
+
+def test_overwrite_replaces_any_dir_but_only_once_the_new_tokenizer_is_complete(corpus, tmp_path, capsys):
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / "notes.txt").write_text("my notes")
+    _cli_error(["--input", str(corpus), "--vocab_size=100000", "--out", str(d), "--overwrite"], capsys)  # too small
+    assert (d / "notes.txt").read_text() == "my notes" and not _leftovers(tmp_path)    # training failed: kept
+    bpe.main(["--input", str(corpus), "--vocab_size=300", "--out", str(d), "--overwrite=True"])
+    assert bpe.is_tokenizer_dir(d) and not (d / "notes.txt").exists() and not _leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("case", ["out is a file", "max_bytes=0", "max_bytes<0", "max_bytes not a number",
+                                  "vocab too small", "missing input", "empty input", "no out"])
+def test_cli_bad_input_is_one_line_before_any_work(case, corpus, tmp_path, capsys, monkeypatch):
+    out, args = tmp_path / "tok", {}
+    if case == "out is a file":
+        out.write_text("not a dir")
+    args = {"out is a file": [], "max_bytes=0": ["--max_bytes=0"], "max_bytes<0": ["--max_bytes=-5"],
+            "max_bytes not a number": ["--max_bytes=lots"], "vocab too small": ["--vocab_size=260"],
+            "missing input": [], "empty input": [], "no out": []}[case]
+    inputs = [str(corpus)]
+    if case == "missing input":
+        inputs.append(str(tmp_path / "missing.txt"))
+    if case == "empty input":
+        (tmp_path / "empty.txt").write_text("")
+        inputs.append(str(tmp_path / "empty.txt"))
+    argv = ["--input", *inputs, "--vocab_size=300", *args] + ([] if case == "no out" else ["--out", str(out)])
+    monkeypatch.setattr(bpe, "read_texts", lambda *a: pytest.fail("training started before the input was checked"))
+    err = _cli_error(argv, capsys)
+    want = {"out is a file": str(out), "max_bytes=0": "max_bytes=0", "max_bytes<0": "max_bytes=-5",
+            "max_bytes not a number": "max_bytes='lots'", "vocab too small": "vocab_size=260",
+            "missing input": "missing.txt", "empty input": "empty.txt", "no out": "--out DIR"}[case]
+    assert want in err, err
+    assert (out.read_text() == "not a dir") if case == "out is a file" else not out.exists()
+    assert not _leftovers(tmp_path)
+
+
+def test_library_save_refuses_a_users_dir_too(ranks, tmp_path, monkeypatch):
+    """The check lives in save(), so train.py's cache, export.py --import and tests are as safe as the CLI."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "data.csv").write_text("1,2,3")
+    with pytest.raises(bpe.OutputDirError, match="overwrite=True"):
+        bpe.save(d, ranks)
+    monkeypatch.setattr(bpe, "read_texts", lambda *a: pytest.fail("read the corpus before checking out_dir"))
+    with pytest.raises(bpe.OutputDirError):
+        bpe.train_from_files(["x.txt"], 500, d)
+    assert [p.name for p in d.iterdir()] == ["data.csv"]
+    (tmp_path / "empty").mkdir()                              # an empty dir holds nothing to lose
+    bpe.save(tmp_path / "empty", ranks)
+    bpe.save(d, ranks, overwrite=True)
+    assert bpe.is_tokenizer_dir(d) and bpe.is_tokenizer_dir(tmp_path / "empty")
+    with pytest.raises(bpe.OutputDirError, match="is a file"):
+        bpe.save(d / "tokenizer.json", ranks, overwrite=True)
+    hf_like = tmp_path / "hf"                                 # tokenizer.json alone, from another tool: not ours
+    hf_like.mkdir()
+    (hf_like / "tokenizer.json").write_text('{"model": {}}')
+    (hf_like / "tokenizer.tiktoken").write_text("")
+    assert not bpe.is_tokenizer_dir(hf_like)
+
+
+# ----------------------------------------------------------------------------- public helpers other modules use
+
+def test_merge_replaces_non_overlapping_pairs_left_to_right():
+    assert bpe.merge([1, 2, 1, 2, 2], (1, 2), 9) == [9, 9, 2]
+    assert bpe.merge([5, 5, 5], (5, 5), 9) == [9, 5]
+
+
+def test_read_info_is_the_parsed_tokenizer_json(tok_dir):
+    info = bpe.read_info(tok_dir)
+    assert info["hash"] == bpe.tokenizer_hash(tok_dir) and info["vocab_size"] == VOCAB
+
+
+def test_encode_bytes_without_tiktokens_private_method(enc, monkeypatch):
+    """A tiktoken without Encoding._encode_bytes: encode_bytes falls back to the public-API path."""
+    rng = random.Random(4)
+    datas = [bytes(rng.randrange(256) for _ in range(rng.randint(0, 80))) for _ in range(200)]
+    texts = ["plain ascii 123", "今天的天气很好 ภาษาไทย", "👍🏽 emoji", ""]
+    truncated = "中".encode()[:2]                                # a partial character that is a token of its own
+    rust = [bpe.encode_bytes(enc, d) for d in datas]
+    monkeypatch.delattr(tiktoken.Encoding, "_encode_bytes", raising=False)
+    assert not hasattr(enc, "_encode_bytes")
+    for d, r in zip(datas, rust):
+        ids = bpe.encode_bytes(enc, d)
+        assert enc.decode_bytes(ids) == d == enc.decode_bytes(r)          # exact round trip, like the Rust path
+        assert ids == bpe.encode_bytes_python(enc, d)
+    for t in texts:                                          # valid UTF-8: the same ids as tiktoken
+        assert bpe.encode_bytes(enc, t.encode()) == enc.encode_ordinary(t)
+    if truncated in enc.token_byte_values():
+        assert bpe.encode_bytes(enc, truncated) == [enc.encode_single_token(truncated)]
+    assert bpe.encode_bytes(enc, b"ab\xffcd") == enc.encode_ordinary("ab") + [255] + enc.encode_ordinary("cd")
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

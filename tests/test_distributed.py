@@ -1,4 +1,5 @@
-"""train.py at scale, on CPU with gloo: 1 process == DDP == FSDP2, exact resume, crash-safe checkpoints, 2 nodes.
+"""train.py and sft.py at scale, on CPU with gloo: 1 process == DDP == FSDP2, exact resume, crash-safe checkpoints,
+2 nodes.
 
 Every launch is a real `torchrun` with 2 processes (or two 1-process launchers for the 2-node case), as on a
 cluster. The data order is a pure function of (schedule, step, rank) and 2 ranks with batch 4 read exactly the
@@ -27,11 +28,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(work, out, *extra, nproc=1, env=None, wait=True):
-    cmd = [sys.executable, str(ROOT / "train.py")] if nproc == 1 else \
+def launch(work, out, *extra, nproc=1, env=None, wait=True, script="train.py"):
+    cmd = [sys.executable, str(ROOT / script)] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-         str(ROOT / "train.py")]
-    cmd += ARGS + [f"--data_dir={work / 'data'}", f"--out_dir={work / out}", *extra]
+         str(ROOT / script)]
+    cmd += (ARGS + [f"--data_dir={work / 'data'}"] if script == "train.py" else []) + [f"--out_dir={work / out}", *extra]
     e = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     p = subprocess.Popen(cmd, cwd=work, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not wait:
@@ -114,3 +115,44 @@ def test_two_nodes_on_localhost(work):
         assert p.returncode == 0, log[-3000:]
     assert losses(work / "twonode") == pytest.approx(losses(work / "single"), rel=1e-5, abs=1e-6)
     assert (work / "twonode" / "ckpt" / "latest").read_text() == "step_000006"
+
+
+# ----------------------------------------------------------------------------- sft.py: the same runtime, so the same guarantees
+
+SFT_ARGS = ["--max_iters=6", "--warmup_iters=1", "--learning_rate=3e-3", "--min_lr=3e-4", "--eval_interval=3",
+            "--log_interval=1", "--samples=0", "--dtype=float32", "--val_frac=0.2"]
+
+
+@pytest.fixture(scope="module")
+def sft_work(work):
+    """Instruction records of very different lengths (so the ranks hold different numbers of response tokens), and
+    the single-process reference SFT run from the pre-trained `single` run."""
+    import json as j
+    recs = [{"instruction": f"Question {i}: " + "why " * (i % 7), "input": "x" * (i % 5),
+             "output": "Because " + "it is so " * (1 + i % 4), "lang": "en"} for i in range(40)]
+    recs += [{"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello " * (i % 3 + 1)},
+                           {"role": "user", "content": "More?"}, {"role": "assistant", "content": "No."}]}
+             for i in range(10)]
+    (work / "sft.jsonl").write_text("".join(j.dumps(r) + "\n" for r in recs))
+    common = [f"--init_from={work / 'single'}", f"--data={work / 'sft.jsonl'}", *SFT_ARGS]
+    launch(work, "sft-single", *common, "--batch_size=4", script="sft.py")
+    return common
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_sft_two_processes_match_one_process(work, sft_work, parallel):
+    launch(work, f"sft-{parallel}", *sft_work, "--batch_size=2", f"--parallel={parallel}", nproc=2, script="sft.py")
+    ref, got = losses(work / "sft-single"), losses(work / f"sft-{parallel}")
+    assert len(ref) == len(got) == 6
+    assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    evals = [j for j in (json.loads(x) for x in open(work / f"sft-{parallel}" / "metrics.jsonl")) if "val_loss" in j]
+    ref_evals = [j for j in (json.loads(x) for x in open(work / "sft-single" / "metrics.jsonl")) if "val_loss" in j]
+    flat = lambda es: [v for e in es for _, v in sorted(e["val_loss"].items())]   # noqa: E731
+    assert flat(evals) == pytest.approx(flat(ref_evals), rel=1e-5) and len(flat(evals)) == 4
+
+
+def test_sft_resume_under_ddp_is_exact(work, sft_work):
+    uninterrupted = losses(work / "sft-ddp")
+    launch(work, "sft-resume", *sft_work, "--batch_size=2", "--stop_at_step=3", nproc=2, script="sft.py")
+    launch(work, "sft-resume", *sft_work, "--batch_size=2", "--resume=auto", nproc=2, script="sft.py")
+    assert losses(work / "sft-resume") == uninterrupted

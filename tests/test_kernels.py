@@ -1,6 +1,6 @@
 """Tests for kernels/: chunked fused linear + cross-entropy vs the reference, the impl selector, compile helpers.
 
-All shapes are tiny (the 256K-vocab shapes live in `python -m kernels.bench`). bf16 matmuls are very slow on CPUs
+All shapes are tiny (the 256K-vocab shapes live in `python bench/bench_kernels.py`). bf16 matmuls are very slow on CPUs
 without native bf16, so the bf16 tests use a handful of rows.
 """
 import logging

@@ -47,14 +47,6 @@ def test_30_step_toy_run_loss_falls_and_run_dir_is_complete(trained):
     assert saved["train"]["max_iters"] == 30 and saved["model"]["vocab_size"] == 300
 
 
-def test_lr_schedule_warmup_then_cosine_to_min():
-    cfg = train.TrainConfig(max_iters=100, warmup_iters=10, learning_rate=1.0, min_lr=0.1)
-    lrs = [train.lr_at(i, cfg) for i in range(101)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    assert lrs[100] == pytest.approx(0.1)
-
-
 def test_checkpoint_loads_and_gives_the_trained_model(trained):
     cfg, _, work = trained
     m = load_model(work / "run")
@@ -71,22 +63,6 @@ def test_resume_auto_continues_from_the_checkpoint(trained, tiny_data_dir):
     assert steps[:6] == [5, 10, 15, 20, 25, 30] and steps[-1] == 40 and 35 in steps   # appended, not restarted
     assert (work / "run" / "ckpt" / "latest").read_text() == "step_000040"
 
-
-
-def test_compile_auto_is_on_for_cuda_off_for_cpu_and_bad_values_are_clear():
-    assert train.resolve_compile("auto", torch.device("cpu"))[0] is False
-    assert train.resolve_compile("auto", torch.device("cuda", 0))[0] is True
-    assert train.resolve_compile("True", torch.device("cpu")) == (True, "set by config")
-    assert train.resolve_compile(False, torch.device("cuda", 0)) == (False, "set by config")
-    with pytest.raises(ValueError, match="compile='maybe'"):
-        train.resolve_compile("maybe", torch.device("cpu"))
-
-def test_dtype_auto_picks_fp32_without_native_bf16_and_explains():
-    dtype, why = train.resolve_dtype("auto", torch.device("cpu"))
-    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        assert dtype == torch.float32 and "no native bf16" in why
-    else:
-        assert dtype in (torch.float32, torch.bfloat16) and "probe" in why
 
 
 def test_bad_settings_fail_before_training(tiny_data_dir, tmp_path, monkeypatch):

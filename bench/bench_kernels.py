@@ -1,4 +1,4 @@
-"""`python -m kernels.bench`: memory and time of the PolyLM loss, fused (chunked) vs naive F.linear + F.cross_entropy.
+"""`python bench/bench_kernels.py`: memory and time of the PolyLM loss, fused (chunked) vs naive F.linear + F.cross_entropy.
 
 PolyLM (arXiv 2307.06018, §2/§4) has a 256,000-token vocabulary; at 2,048 tokens the naive loss materializes
 2,048 x 256,000 fp32 logits (2.1 GB), their log-softmax (2.1 GB) and their gradient (2.1 GB). This script measures,
@@ -16,7 +16,7 @@ and we report the median of --repeats runs. The machine is shared with other job
 
 Other modes: --sweep (chunk sizes at d=512), --threshold (reference vs chunked at small N*V, for impl="auto").
 """
-import argparse
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +31,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from kernels.cross_entropy import default_chunk_size, linear_cross_entropy
 
 
@@ -85,7 +87,7 @@ def worker(method, n, v, d, chunk_size, save_to):
 
 
 def run_worker(method, n, v, d, chunk_size=None, save_to=None):
-    cmd = [sys.executable, "-m", "kernels.bench", "--worker", method, "--n", str(n), "--v", str(v), "--d", str(d)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--n", str(n), "--v", str(v), "--d", str(d)]
     if chunk_size:
         cmd += ["--chunk_size", str(chunk_size)]
     if save_to:
@@ -196,20 +198,26 @@ def main_threshold(args):
               f"{times['chunked']:.1f} | {times['chunked'] / times['reference']:.2f} |", flush=True)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=2048, help="tokens (rows)")
-    p.add_argument("--v", type=int, default=256000, help="vocabulary size")
-    p.add_argument("--dims", type=int, nargs="+", default=[512, 2048], help="d_model values")
-    p.add_argument("--d", type=int, default=512, help="(worker) d_model")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--chunk_size", type=int, default=None, help="fused rows per chunk (default: default_chunk_size)")
-    p.add_argument("--sweep", action="store_true", help="chunk-size sweep at the first of --dims")
-    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256], help="(sweep) chunk sizes")
-    p.add_argument("--threshold", action="store_true", help="small-shape timing for impl='auto'")
-    p.add_argument("--worker", choices=["baseline", "naive", "fused"], help=argparse.SUPPRESS)
-    p.add_argument("--save_to", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+@dataclasses.dataclass
+class KernelBenchConfig:
+    n: int = 2048                       # tokens (rows)
+    v: int = 256000                     # vocabulary size
+    dims: str = "512,2048"              # d_model values, comma-separated
+    d: int = 512                        # (worker) d_model
+    repeats: int = 3                    # interleaved runs per method (the median is reported)
+    chunk_size: int = 0                 # fused rows per chunk (0 = default_chunk_size)
+    sweep: bool = False                 # chunk-size sweep at the first of dims
+    sizes: str = "32,64,128,256"        # (sweep) chunk sizes, comma-separated
+    threshold: bool = False             # small-shape timing for impl='auto'
+    worker: str = ""                    # (internal) run one method in this process: baseline | naive | fused
+    save_to: str = ""                   # (internal) where a worker writes its result
+
+
+def run(args):
+    args.dims = [int(x) for x in str(args.dims).split(",") if x]
+    args.sizes = [int(x) for x in str(args.sizes).split(",") if x]
+    args.chunk_size = args.chunk_size or None
+    args.save_to = args.save_to or None
     if args.worker:
         worker(args.worker, args.n, args.v, args.d, args.chunk_size, args.save_to)
     elif args.sweep:
@@ -218,6 +226,11 @@ def main():
         main_threshold(args)
     else:
         main_compare(args)
+
+
+def main(argv=None):
+    from config import run_cli
+    return run_cli(run, KernelBenchConfig, argv, prog="bench/bench_kernels.py")
 
 
 if __name__ == "__main__":
