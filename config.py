@@ -178,7 +178,7 @@ def run_cli(main_fn, cls, argv=None, prog=None, other_file_keys=False):
     subclasses) -> one line on stderr and exit code 2; POLYLM_DEBUG=1 shows the traceback instead."""
     try:
         return main_fn(parse_args(cls, argv, prog, other_file_keys))
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
         if os.environ.get("POLYLM_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,8 @@ weight per source) and a *mixer* that fills batches row by row so that the reali
   - which source: the one furthest behind its cumulative target ("largest deficit first"): after n rows every source
     is within one row of the sum of its target weights over those rows. No randomness, exact at every scale;
   - each source is read sequentially from a cursor; at its end it wraps around and its epoch counter goes up (small
-    languages repeat; the epochs are logged, with a warning past `repeat_warn` epochs);
+    languages repeat; the epochs are logged, with a warning past `repeat_warn` epochs). With a seed, every source
+    starts at its own seeded offset, so two seeds see the data in a different order (what an experiment's seeds need);
   - with W processes, every rank walks the same global row sequence and keeps rows r, r+W, r+2W, ... of it: ranks
     never read the same tokens, and W ranks with batch b see exactly the rows of 1 process with batch W*b (so DDP
     and single-process loss curves can be compared step by step). No hidden RNG state anywhere;
@@ -44,6 +45,7 @@ boundary).
 import dataclasses
 import json
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +168,7 @@ class Mixer:
     """Deterministic, resumable batch maker over token shards following a stage schedule."""
 
     def __init__(self, shards, stages, total_rows, block_size, rank=0, world_size=1, ramp_rows=0, repeat_warn=8,
-                 log=None):
+                 log=None, seed=None):
         self.shards, self.stages, self.total_rows, self.T = shards, stages, total_rows, block_size
         self.repeat_warn, self.log = repeat_warn, log or (lambda msg: warnings.warn(msg, stacklevel=2))
         self.rank, self.world_size = rank, world_size
@@ -182,7 +184,12 @@ class Mixer:
         self.ramp_rows = ramp_rows
         self.sources = sorted({n for st in stages for n in st.weights})
         self.rows_done = 0
-        self.cursor = dict.fromkeys(shards, 0)
+        # where each source's reading starts: 0, or with a seed a random offset per source (so a seed changes the
+        # data order, not only the initialisation; the same on every rank, recorded as `start`)
+        self.start = {n: 0 if seed is None or len(shards[n]) <= block_size + 1 else
+                      int(np.random.default_rng([seed, zlib.crc32(n.encode())]).integers(len(shards[n]) - block_size))
+                      for n in shards}
+        self.cursor = dict(self.start)
         self.epoch = {n: 0 for n in shards}
         self.target = dict.fromkeys(self.sources, 0.0)     # cumulative target rows per source
         self.assigned = dict.fromkeys(self.sources, 0)     # rows given to each source so far

@@ -57,7 +57,7 @@ import torch
 import bpe
 import engine
 from config import run_cli
-from model import ModelConfig, PolyLM, latest_checkpoint
+from model import ModelConfig, PolyLM, latest_checkpoint, load_tokenizer
 
 CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")  # HF: (in, out)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # ByteLevel(use_regex)
@@ -435,7 +435,7 @@ def export(run_dir, out_dir, checkpoint=None, dtype="float32", verify=True, *, m
         raise FileNotFoundError(f"{run}/ckpt/ holds no complete checkpoint; train first (python train.py)")
     check_weights(checkpoint_shapes(ckpt, mcfg), mcfg, ckpt)   # a key or shape mismatch fails here, not in HF
     info = bpe.read_info(run / "tokenizer")
-    enc = bpe.load(run / "tokenizer")
+    enc = load_tokenizer(run)                                  # the run's own tokenizer (hash checked)
     ranks, specials = bpe.read_ranks(run / "tokenizer" / "tokenizer.tiktoken"), info["special_tokens"]
     if enc.n_vocab != mcfg.vocab_size:
         raise ValueError(f"tokenizer has {enc.n_vocab} tokens but the model {mcfg.vocab_size}: the run dir is broken")

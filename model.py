@@ -429,9 +429,12 @@ class CheckpointError(ValueError):
 
 def verify_checkpoint(path, full=True):
     """Raise CheckpointError unless every file state.json lists is there with its size (and, if full, its CRC-32).
-    Checkpoints written before state.json listed files pass on their state.json alone."""
+    Checkpoints written before state.json listed files pass on their state.json alone, weights-only ones (model.pt
+    without state.json, as export.py --import writes) on their model.pt."""
     import zlib
     path = Path(path)
+    if not (path / "state.json").exists() and (path / "model.pt").is_file():
+        return {}                           # a weights-only checkpoint (export.py --import, hand-made): nothing to check
     try:
         state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as e:

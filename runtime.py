@@ -54,7 +54,7 @@ class RunConfig:
     keep_ckpts: int = 2                 # keep the newest K checkpoints
     consolidate: bool = True            # FSDP: also write a single-file model.pt with each checkpoint
     resume: str = "never"               # never (a fresh run) | auto (continue the newest checkpoint in out_dir)
-    overwrite: bool = False             # a fresh run in an out_dir that holds a run: replace it (after the 1st save)
+    overwrite: bool = False             # allow an out_dir that holds other (non-run) files; ours are written beside them
     stop_at_step: int = 0               # end this invocation after this step, checkpointed (e.g. a job time limit)
     log: str = ""                       # live metrics besides metrics.jsonl: tensorboard | wandb (offline) | ''
     device: str = "auto"                # auto | cpu | cuda | cuda:N
@@ -546,8 +546,9 @@ RUN_FILES = ("config.json", "metrics.jsonl", "loss.png", "mixture.png", "results
 
 def check_out_dir(cfg, init_from=""):
     """Read-only checks of out_dir (every rank runs them, so a refusal never leaves ranks waiting). Returns the
-    checkpoint to resume from (resume=auto) or None. A fresh run in an out_dir that already holds a run is refused
-    unless overwrite=True; out_dir must not be init_from (its weights would be replaced while being read)."""
+    checkpoint to resume from (resume=auto) or None. A fresh run may replace a run dir (safely: claim_out_dir), but a
+    directory holding other things is refused unless overwrite=True (then only our own files are written), and
+    out_dir must not be init_from (its weights would be replaced while being read)."""
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={out} is a file; give a directory")
@@ -555,38 +556,40 @@ def check_out_dir(cfg, init_from=""):
         raise ValueError(f"out_dir={out} is init_from: a new run would overwrite the weights it starts from; choose "
                          f"another out_dir")
     if cfg.resume == "auto":
-        last = latest_checkpoint(out)
-        return last
-    if out.is_dir() and any(out.iterdir()):
-        held = (out / "ckpt").is_dir() or any((out / f).exists() for f in RUN_FILES) or (out / "tokenizer").is_dir()
-        if not held:
-            raise ValueError(f"out_dir={out} holds other files and is not a run dir; choose a new or empty directory")
-        if not cfg.overwrite:
-            last = latest_checkpoint(out, verify=False)
-            what = f"a run (checkpoint {last.name})" if last else "a run's files"
-            raise ValueError(f"out_dir={out} already holds {what}; continue it with --resume=auto, or start over with "
-                             f"--overwrite=True (the old checkpoints are deleted only once the new run has saved its "
-                             f"first one)")
+        return latest_checkpoint(out)
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+        ours = (out / "ckpt").is_dir() or (out / "tokenizer").is_dir() or (out / "ckpt.replaced").is_dir() or \
+            any((out / f).exists() for f in RUN_FILES)
+        if not ours:
+            raise ValueError(f"out_dir={out} holds other files and is not a run dir; choose a new or empty directory "
+                             f"(or --overwrite=True to write the run's files next to them)")
     return None
 
 
 def claim_out_dir(cfg, d, log):
-    """Rank 0 makes out_dir ready for a fresh run (after every check passed): an old ckpt/ is moved aside to
-    ckpt.replaced/ (deleted by release_replaced() after the first new checkpoint), old metrics.jsonl is moved there
-    too, and stale half-written checkpoints are removed."""
+    """Rank 0 makes out_dir ready for a fresh run, after every check passed. A previous run is not deleted: its
+    ckpt/ and metrics.jsonl move to ckpt.replaced/, which release_replaced() deletes once this run has saved its
+    first checkpoint. (If a replaced run's successor died before its first checkpoint, ckpt.replaced/ still holds the
+    last good run and is kept; only the dead attempt's files go.)"""
     out = Path(cfg.out_dir)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob("ckpt/.tmp_step_*"):    # a checkpoint a crash left half-written
             shutil.rmtree(stale, ignore_errors=True)
-        if cfg.resume == "never" and ((out / "ckpt").exists() or (out / "metrics.jsonl").exists()):
-            aside = out / "ckpt.replaced"
+        aside = out / "ckpt.replaced"
+        if latest_checkpoint(out, verify=False) is not None:
             shutil.rmtree(aside, ignore_errors=True)
             aside.mkdir()
             for name in ("ckpt", "metrics.jsonl"):
                 if (out / name).exists():
                     os.replace(out / name, aside / name)
-            log(f"out_dir: starting over in {out} (the old run is in {aside} until this run's first checkpoint)")
+            log(f"out_dir: starting over in {out} (the previous run waits in {aside} until this run's first "
+                f"checkpoint; --resume=auto would have continued it)")
+        else:                                         # nothing worth keeping in ckpt/: a dead attempt's leftovers
+            shutil.rmtree(out / "ckpt", ignore_errors=True)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+            if aside.is_dir():
+                log(f"out_dir: {aside} holds an earlier run (kept until this run's first checkpoint)")
     barrier(d)
 
 

@@ -1,22 +1,36 @@
-"""The OpenAI-compatible HTTP server behind `python chat.py --ckpt RUN_DIR --serve` (PolyLM paper §6: the chat model
-as a teacher for selfinstruct.py, or for any OpenAI client).
+"""An OpenAI-compatible HTTP server for a trained PolyLM (PolyLM paper, arXiv 2307.06018, §6: the chat model as a
+teacher for selfinstruct.py, for any OpenAI client, and for lm-evaluation-harness over HTTP).
+
+    python server.py --ckpt out/toy-sft [--port=8000] [--max_batch_rows=16]     # or: python chat.py --ckpt R --serve
+    python server.py --help                                                        # every setting
 
 It speaks the wire format of the official `openai` client (base_url="http://127.0.0.1:8000/v1"):
-POST /v1/chat/completions, POST /v1/completions (both also as `stream: true` server-sent events) and GET /v1/models.
-It is the standard library's ThreadingHTTPServer; generations run one at a time (a lock), each in one batch
-(n x prompts rows, left-padded, KV-cached; model.generate_stream). Prompts are built with chat.py's template, so the
-server, the terminal chat and sft.py share one definition. Safety: binds 127.0.0.1 unless told otherwise, optional
-Bearer key (--api_key or env POLYLM_API_KEY), bodies over max_body_bytes get 413, max_tokens is capped by
-max_tokens_cap and by the room left in the context, and malformed JSON, unknown fields, values of the wrong type and
-over-long prompts get HTTP 400 with an OpenAI-style {"error": {...}} object.
+POST /v1/chat/completions, POST /v1/completions (both also as `stream: true` server-sent events), GET /v1/models and
+GET /health. Prompts are built with engine.py's chat template, the one sft.py trains with.
+
+  - Batching: every handler thread submits its request to engine.py's Engine, whose one scheduler thread decodes all
+    running requests together (continuous batching, up to max_batch_rows rows) and streams each row to its own
+    handler. Greedy output is the same as serving one request at a time (max_batch_rows=1 is exactly that).
+  - Log-likelihoods (lm-evaluation-harness `local-completions`): /v1/completions takes `echo: true`, `logprobs: k`
+    and `max_tokens: 0` (score only), prompts as text or token ids, and answers OpenAI's legacy
+    `logprobs: {tokens, token_logprobs, top_logprobs, text_offset}` over the echoed prompt and the new tokens (the
+    first prompt token has null logprob and null top_logprobs; text_offset is in characters of the choice's text;
+    log-probs are float32, of the model's distribution before any sampling setting is applied).
+  - Safety: binds 127.0.0.1 unless told otherwise, optional Bearer key (--api_key or env POLYLM_API_KEY), bodies over
+    max_body_bytes get 413, more than max_queue waiting requests get 429 with Retry-After, max_tokens is capped by
+    max_tokens_cap and by the room left in the context, a client that disconnects has its rows dropped, and bad input
+    (malformed or too deeply nested JSON, unknown fields, wrong types, out-of-range seeds, over-long prompts) gets
+    HTTP 400 with an OpenAI-style {"error": {...}} object, never a 500.
 """
 
+import codecs
 import dataclasses
 import hmac
 import http.server
 import json
 import math
 import os
+import select
 import signal
 import socket
 import sys
@@ -26,14 +40,55 @@ import traceback
 import uuid
 from urllib.parse import urlsplit
 
-from chat import RequestError, encode_messages
+import torch
 
+import runtime
+from config import ConfigError, run_cli
+from engine import MAX_LOGPROBS, SEED_RANGE, Engine, QueueFull, RequestError, encode_messages
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    ckpt: str = "out/toy-sft"           # run dir to serve (train.py or sft.py output)
+    device: str = "auto"                # cpu | cuda | cuda:N (auto = cuda when available)
+    dtype: str = "auto"                 # float32 | bfloat16 (auto = bfloat16 on CUDA, float32 on CPU)
+    threads: int = 0                    # CPU threads for torch (0 = torch's default)
+    host: str = "127.0.0.1"             # address to bind (anything but loopback exposes the model: set api_key)
+    port: int = 8000                    # TCP port (0 = any free port)
+    api_key: str = ""                   # required Bearer token ('' = env POLYLM_API_KEY, or no key if unset)
+    model_name: str = ""                # model id the API reports ('' = the run dir's name)
+    max_tokens: int = 256               # a request's max_tokens when it sends none
+    max_tokens_cap: int = 1024          # upper bound on a request's max_tokens
+    max_body_bytes: int = 1 << 20       # largest request body accepted (larger: HTTP 413)
+    max_batch: int = 8                  # most sequences one request may generate (n x number of prompts)
+    max_batch_rows: int = 16            # most sequences decoded together, all requests (1 = one request at a time)
+    max_queue: int = 64                 # most requests waiting for the model (one more: HTTP 429 + Retry-After)
+    request_timeout: float = 30.0       # seconds a client may stay silent while sending a request
+    queue_timeout: float = 300.0        # seconds a request may wait for the model before HTTP 503
+    verbose: bool = True                # log one line per HTTP request to stderr
+
+
+def check_config(cfg: ServerConfig):
+    """One clear line (ConfigError) for a bad setting, before any model is loaded."""
+    if not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"port={cfg.port}: choose 0..65535 (0 = any free port)")
+    for key in ("max_tokens", "max_tokens_cap", "max_body_bytes", "max_batch", "max_batch_rows", "max_queue"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)}: must be >= 1")
+    for key in ("request_timeout", "queue_timeout"):
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"{key}={getattr(cfg, key)}: must be > 0 seconds")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads={cfg.threads}: must be >= 0 (0 = torch's default)")
+    runtime.choose(cfg.device, cfg.dtype)
+
+
+# ----------------------------------------------------------------------------- requests
 
 # The fields each endpoint accepts: name -> (check of a non-null value, what the error says it must be). Anything
-# else is rejected like OpenAI does ("Unrecognized request argument"); features this server lacks (logprobs, tools,
-# logit_bias, echo, ...) are accepted only with the value that turns them off. top_k and repetition_penalty are
-# extensions (the openai client sends them with extra_body=).
-
+# else is rejected like OpenAI does ("Unrecognized request argument"); features this server lacks (tools,
+# logit_bias, chat logprobs, ...) are accepted only with the value that turns them off. top_k, repetition_penalty
+# and ignore_eos are extensions (the openai client sends them with extra_body=).
 
 def _is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -58,18 +113,19 @@ COMMON = {
     "stream_options": (lambda v: isinstance(v, dict) and isinstance(v.get("include_usage", False), bool),
                        'an object like {"include_usage": true}'),
     "stop": (lambda v: _is_str_or_list(v) and (isinstance(v, str) or len(v) <= 4), "a string or up to 4 strings"),
-    "seed": (_is_int, "an integer"),
+    "seed": (lambda v: _is_int(v) and SEED_RANGE[0] <= v <= SEED_RANGE[1], "an integer in [-2**63, 2**64 - 1]"),
     "presence_penalty": (lambda v: _is_num(v) and -2 <= v <= 2, "a number between -2 and 2"),
     "frequency_penalty": (lambda v: _is_num(v) and -2 <= v <= 2, "a number between -2 and 2"),
     "repetition_penalty": (lambda v: _is_num(v) and 0 < v <= 10, "a number in (0, 10]"),
     "user": (lambda v: isinstance(v, str), "a string"),
     "logit_bias": (lambda v: isinstance(v, dict) and not v, "empty (logit_bias is not supported)"),
+    "ignore_eos": (lambda v: isinstance(v, bool), "a boolean"),     # vLLM's extension: run to max_tokens
 }
 CHAT_FIELDS = {**COMMON,
                "messages": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of messages"),
                "max_completion_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-               "logprobs": (lambda v: v is False, "false (logprobs are not supported)"),
-               "top_logprobs": (lambda v: v == 0, "0 (logprobs are not supported)"),
+               "logprobs": (lambda v: v is False, "false (chat logprobs are not supported; use /v1/completions)"),
+               "top_logprobs": (lambda v: v == 0, "0 (chat logprobs are not supported; use /v1/completions)"),
                "response_format": (lambda v: v == {"type": "text"}, '{"type": "text"} (the only format supported)'),
                "tools": (lambda v: v == [], "empty (tools are not supported)"),
                "tool_choice": (lambda v: v == "none", '"none" (tools are not supported)'),
@@ -79,8 +135,10 @@ CHAT_FIELDS = {**COMMON,
 COMPLETION_FIELDS = {**COMMON,
                      "prompt": (lambda v: isinstance(v, str) or (isinstance(v, list) and len(v) > 0), "a string, "
                                 "a list of strings, a list of token ids or a list of token-id lists"),
-                     "logprobs": (lambda v: v == 0, "null (logprobs are not supported)"),
-                     "echo": (lambda v: v is False, "false (echo is not supported)"),
+                     "max_tokens": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 only with echo)"),
+                     "logprobs": (lambda v: _is_int(v) and 0 <= v <= MAX_LOGPROBS,
+                                  f"an integer between 0 and {MAX_LOGPROBS}"),
+                     "echo": (lambda v: isinstance(v, bool), "a boolean"),
                      "suffix": (lambda v: v == "", "null (suffix is not supported)"),
                      "best_of": (lambda v: v == 1, "1 (best_of is not supported)")}
 
@@ -91,11 +149,13 @@ class Job:
     kind: str                    # "chat" or "completion"
     prompts: list                # token-id lists
     n: int
-    max_tokens: int
+    max_tokens: int              # 0 only for an echoed completion (score the prompt)
     stop: list
     stream: bool
     include_usage: bool
-    sampling: dict
+    sampling: dict               # temperature, top_p, top_k, penalties, seed
+    logprobs: object = None      # None, or the number of alternatives per position (completions)
+    echo: bool = False           # completions: the choice text and logprobs start with the prompt
 
 
 def _check_fields(body, fields):
@@ -139,28 +199,61 @@ def parse_request(kind, body, engine, cfg):
     else:
         if body.get("prompt") is None:
             raise RequestError("'prompt' is required", "prompt")
-        prompts = _completion_prompts(body["prompt"], engine.enc, engine.model.cfg.vocab_size)
+        prompts = _completion_prompts(body["prompt"], engine.enc, engine.vocab)
     n = get("n", 1)
     if n * len(prompts) > cfg.max_batch:
         raise RequestError(f"n x prompts = {n * len(prompts)} sequences; this server allows {cfg.max_batch}", "n")
+    echo, logprobs, stream = get("echo", False), get("logprobs"), get("stream", False)
+    want = get("max_completion_tokens", get("max_tokens", cfg.max_tokens))
+    if want == 0 and not echo:
+        raise RequestError("'max_tokens' is 0: nothing to do (0 is for scoring a prompt, with echo: true)",
+                           "max_tokens")
+    if stream and (echo or logprobs is not None):
+        raise RequestError("echo and logprobs are not supported with stream: true", "stream")
     longest = max(len(p) for p in prompts)
-    if longest >= engine.block:
+    if longest > engine.block or (longest == engine.block and want > 0):
         raise RequestError(f"This model's maximum context length is {engine.block} tokens, and the prompt has "
                            f"{longest}; shorten it to leave room for the reply",
                            "messages" if kind == "chat" else "prompt", "context_length_exceeded")
-    want = get("max_completion_tokens", get("max_tokens", cfg.max_new_tokens))
     stop = get("stop", [])
     sampling = dict(temperature=get("temperature", 1.0), top_p=get("top_p", 1.0), top_k=get("top_k", 0),
                     repetition_penalty=get("repetition_penalty", 1.0), presence_penalty=get("presence_penalty", 0.0),
-                    frequency_penalty=get("frequency_penalty", 0.0), seed=get("seed"))
-    return Job(kind, prompts, n, max(1, min(want, cfg.max_tokens_cap, engine.block - longest)),
-               [stop] if isinstance(stop, str) else stop, get("stream", False),
-               bool(get("stream_options", {}).get("include_usage")), sampling)
+                    frequency_penalty=get("frequency_penalty", 0.0), seed=get("seed"),
+                    ignore_eos=get("ignore_eos", False))
+    max_tokens = 0 if want == 0 else max(1, min(want, cfg.max_tokens_cap, engine.block - longest))
+    return Job(kind, prompts, n, max_tokens, [stop] if isinstance(stop, str) else stop, stream,
+               bool(get("stream_options", {}).get("include_usage")), sampling, logprobs, echo)
 
 
 def error_body(message, type_="invalid_request_error", param=None, code=None):
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
+
+def token_str(enc, t):
+    """A token as OpenAI's logprobs show it: its text, or 'bytes:\\xNN...' when it is not whole UTF-8."""
+    b = enc.decode_single_token_bytes(t)
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{c:02x}" for c in b)
+
+
+def logprobs_object(enc, entries):
+    """OpenAI's legacy completions `logprobs` from the engine's [(token, logprob | None, alternatives | None)]:
+    text_offset counts characters of the choice's text from its start."""
+    dec = codecs.getincrementaldecoder("utf-8")("replace")
+    offsets, at = [], 0
+    for t, _, _ in entries:
+        offsets.append(at)
+        at += len(dec.decode(enc.decode_single_token_bytes(t)))
+    return {"tokens": [token_str(enc, t) for t, _, _ in entries],
+            "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [None if alts is None else {token_str(enc, a): v for a, v in alts}
+                             for _, _, alts in entries],
+            "text_offset": offsets}
+
+
+# ----------------------------------------------------------------------------- HTTP
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"          # keep-alive; streams use chunked transfer encoding
@@ -175,19 +268,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.server.cfg.verbose:
             sys.stderr.write(f"{self.address_string()} - {fmt % args}\n")
 
-    def _send_json(self, status, obj, close=False):
+    def _send_json(self, status, obj, close=False, headers=()):
         data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
-    def _error(self, status, message, type_="invalid_request_error", param=None, code=None, close=False):
-        self._send_json(status, error_body(message, type_, param, code), close=close)
+    def _error(self, status, message, type_="invalid_request_error", param=None, code=None, close=False,
+               headers=()):
+        self._send_json(status, error_body(message, type_, param, code), close=close, headers=headers)
 
     def _authorized(self):
         key = self.server.api_key
@@ -254,7 +350,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             self._error(400, f"the request body is not valid JSON: {e}", code="invalid_json")
-            return None
+        except RecursionError:
+            self._error(400, "the request body is nested too deeply", code="invalid_json")
+        return None
+
+    def _client_gone(self):
+        """True when the client closed its connection (readable with nothing to read)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     # -- routes
     def do_GET(self):
@@ -263,7 +369,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if not self._authorized():
                 return
             model = {"id": self.server.engine.name, "object": "model", "created": self.server.started,
-                     "owned_by": "polylm"}
+                     "owned_by": "polylm", "max_model_len": self.server.engine.block}   # the context, as vLLM reports it
             if path == "/v1/models":
                 self._send_json(200, {"object": "list", "data": [model]})
             elif path == f"/v1/models/{self.server.engine.name}":
@@ -298,47 +404,76 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self._read_json()
         if body is None:
             return
+        engine = self.server.engine
         try:
-            job = parse_request(kind, body, self.server.engine, self.server.cfg)
+            job = parse_request(kind, body, engine, self.server.cfg)
+            req = engine.submit(job.prompts, job.max_tokens, stop=job.stop, n=job.n, logprobs=job.logprobs,
+                                echo=job.echo, stream=job.stream, cancel=self.server.cancel, **job.sampling)
+        except QueueFull as e:
+            self._error(429, str(e), "rate_limit_error", code=e.code, headers=[("Retry-After", str(e.retry_after))])
+            return
         except RequestError as e:
             self._error(e.status, str(e), param=e.param, code=e.code)
+            return
+        except RecursionError:
+            self._error(400, "the request body is nested too deeply", code="invalid_json")
             return
         except ValueError as e:               # e.g. a tokenizer without the template tokens
             self._error(400, str(e))
             return
-        if not self.server.acquire_model():
-            self._error(503, "the model is busy (or the server is stopping); try again later", "server_error",
-                        code="server_busy")
-            return
         try:
-            (self._stream if job.stream else self._complete)(job)
+            if not self._wait_admitted(req):
+                return
+            (self._stream if job.stream else self._complete)(job, req)
         finally:
-            self.server.engine.lock.release()
+            req.cancel.set()                  # a no-op when it finished; else its rows are dropped
 
-    def _events(self, job):
-        return self.server.engine.stream(job.prompts, job.max_tokens, stop=job.stop, n=job.n,
-                                         cancel=self.server.cancel, **job.sampling)
+    def _wait_admitted(self, req):
+        """Wait until the scheduler runs the request: False (after answering 503, or with nobody left to answer)
+        when the queue_timeout passes, the server stops or the client leaves."""
+        deadline = time.monotonic() + self.server.cfg.queue_timeout
+        while not req.admitted.wait(0.2):
+            if self._client_gone():
+                self.close_connection = True
+                return False
+            if self.server.cancel.is_set() or time.monotonic() > deadline or req.done.is_set():
+                self._error(503, "the model is busy (or the server is stopping); try again later", "server_error",
+                            code="server_busy")
+                return False
+        return True
 
     def _head(self, job):
         return {"id": ("chatcmpl-" if job.kind == "chat" else "cmpl-") + uuid.uuid4().hex, "created": int(time.time()),
                 "model": self.server.engine.name, "system_fingerprint": None}
 
-    def _complete(self, job):
-        texts, reasons, (p, c) = self.server.engine.complete(job.prompts, job.max_tokens, stop=job.stop, n=job.n,
-                                                             cancel=self.server.cancel, **job.sampling)
-        head = self._head(job)
+    def _complete(self, job, req):
+        while not req.done.wait(0.2):         # a client that leaves stops its generation
+            if self._client_gone():
+                self.close_connection = True
+                return
+        if req.error:
+            self._error(500, f"generation failed: {req.error}", "server_error", close=True)
+            return
+        r, enc, head = req.result, self.server.engine.enc, self._head(job)
         if job.kind == "chat":
             choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                        "finish_reason": r} for i, (t, r) in enumerate(zip(texts, reasons))]
+                        "finish_reason": f} for i, (t, f) in enumerate(zip(r.texts, r.reasons))]
             obj = {**head, "object": "chat.completion", "choices": choices}
         else:
-            choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": r}
-                       for i, (t, r) in enumerate(zip(texts, reasons))]
+            choices = []
+            for i, (t, f) in enumerate(zip(r.texts, r.reasons)):
+                prompt = job.prompts[i // job.n]
+                text = (enc.decode(prompt) if job.echo else "") + t
+                lp = None
+                if job.logprobs is not None:      # a final <|endoftext|> stays, as in vLLM: lm-eval's
+                    lp = logprobs_object(enc, r.logprobs[i])   # token_logprobs[ctxlen:-1] drops exactly one token
+                choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": f})
             obj = {**head, "object": "text_completion", "choices": choices}
-        obj["usage"] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        obj["usage"] = {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                        "total_tokens": r.prompt_tokens + r.completion_tokens}
         self._send_json(200, obj)
 
-    def _stream(self, job):
+    def _stream(self, job, req):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -364,7 +499,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if chat:
                 for i in range(len(job.prompts) * job.n):
                     send(chunk(i, role=True))
-            for ev in self._events(job):
+            for ev in req.iter_events():
                 if ev[0] == "text":
                     send(chunk(ev[1], text=ev[2]))
                 elif ev[0] == "end":
@@ -373,7 +508,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     p, c = ev[1:]
                     send({**head, "object": obj, "choices": [],
                           "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
-        except OSError:                      # the client went away: stop generating (the generator is closed)
+        except OSError:                      # the client went away: _post cancels the request (its rows leave)
             self.close_connection = True
             return
         except Exception as e:               # headers are out: report in the stream, then end it
@@ -386,14 +521,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class Server(http.server.ThreadingHTTPServer):
     """ThreadingHTTPServer that remembers its open connections, so close() ends them (and the handler threads,
-    which it then joins) instead of leaving keep-alive connections and generations running."""
+    which it then joins) instead of leaving keep-alive connections and generations running. It sets the engine's
+    max_batch_rows and max_queue from its config."""
     daemon_threads = False
+    request_queue_size = 128               # listen backlog: many clients may connect at once (the default is 5)
 
     def __init__(self, engine, cfg):
         self.engine, self.cfg = engine, cfg
+        engine.configure(cfg.max_batch_rows, cfg.max_queue)
         self.api_key = cfg.api_key or os.environ.get("POLYLM_API_KEY", "")
         self.started = int(time.time())
-        self.cancel = threading.Event()
+        self.cancel = threading.Event()       # set by close(): running requests end at their next step
         self._serving = False
         self._conns, self._conns_lock = set(), threading.Lock()
         super().__init__((cfg.host, cfg.port), Handler)
@@ -402,14 +540,6 @@ class Server(http.server.ThreadingHTTPServer):
     def url(self):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
-
-    def acquire_model(self):
-        """Wait for the model (one generation at a time) up to queue_timeout; False if the server is closing."""
-        deadline = time.monotonic() + self.cfg.queue_timeout
-        while not self.cancel.is_set() and time.monotonic() < deadline:
-            if self.engine.lock.acquire(timeout=0.2):
-                return True
-        return False
 
     def serve_forever(self, poll_interval=0.5):
         self._serving = True
@@ -445,13 +575,13 @@ def _raise(exc):
 
 
 def serve(engine, cfg):
-    """Serve until Ctrl-C."""
+    """Serve until Ctrl-C (or SIGTERM)."""
     server = Server(engine, cfg)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not server.api_key:
         print(f"warning: serving on {cfg.host} without an API key: anyone who can reach this port can use the model",
               file=sys.stderr)
-    print(f"serving {engine.name} on {server.url} (OpenAI API: base_url={server.url!r}); Ctrl-C stops",
-          file=sys.stderr)
+    print(f"serving {engine.name} on {server.url} (OpenAI API: base_url={server.url!r}); "
+          f"{cfg.max_batch_rows} rows per batch; Ctrl-C stops", file=sys.stderr)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     if threading.current_thread() is threading.main_thread():   # `kill PID` shuts down as cleanly as Ctrl-C
@@ -464,5 +594,21 @@ def serve(engine, cfg):
         print("\nshutting down", file=sys.stderr)
     finally:
         server.close()
+        engine.close()
 
 
+def run(cfg: ServerConfig):
+    check_config(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    engine = Engine.load(cfg.ckpt, cfg.device, cfg.dtype, cfg.model_name, max_batch_rows=cfg.max_batch_rows,
+                         max_queue=cfg.max_queue)
+    return serve(engine, cfg)
+
+
+def main(argv=None):
+    return run_cli(run, ServerConfig, argv, prog="server.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,28 +4,31 @@ PolyLM-MultiAlpaca is the pre-trained model fine-tuned on MultiAlpaca (self-inst
 English Alpaca. This file does that for any run dir:
 
     python sft.py --init_from=out/toy --out_dir=out/toy-sft                     # the bundled toy SFT set
-    python sft.py --init_from=out/toy --data=a.jsonl,b.jsonl --max_iters=300    # your own Alpaca-format JSONL
+    python sft.py --init_from=out/toy --data=a.jsonl,b.jsonl --max_iters=300    # your own JSONL (Alpaca or messages)
+    torchrun --standalone --nproc_per_node=8 sft.py --init_from=... --parallel=fsdp
     python chat.py --ckpt out/toy-sft                                           # talk to it
 
 Top to bottom:
-  1. records: Alpaca/MultiAlpaca JSONL (`instruction`, optional `input`, `output`, optional `lang`; self-instruct
-     seed files with `instances` too). Missing fields, empty outputs and over-long examples are counted and skipped;
-  2. each record is rendered with PolyLM's chat template (defined once, in chat.py, so training and inference cannot
-     drift apart) and tokenized; labels are -100 (ignored) on the template and the prompt, so the loss is only on the
-     response and its closing <|endoftext|>;
+  1. records: JSONL files (or folders of them) of Alpaca/MultiAlpaca records (`instruction`, optional `input`,
+     `output`, optional `lang`; self-instruct seed files with `instances` too) or multi-turn conversations in
+     OpenAI form (`messages`: system/user/assistant turns). Bad lines, missing fields, empty outputs and over-long
+     examples are counted and skipped (the first of each kind is named with its file and line);
+  2. each record is rendered with PolyLM's chat template (defined once, in engine.py, so training and inference
+     cannot drift apart) and tokenized; labels are -100 (ignored) on the template, the prompt and every user/system
+     turn, so the loss is only on what the assistant says, each reply with its closing <|endoftext|>;
   3. batches: examples of similar length are batched together and right-padded (length bucketing). Each example
      has a row of its own, so no example can attend to another, and positions start at 0 as at inference. (Packing
      several examples into one row would need a block-diagonal mask and position resets; at these lengths bucketing
      wastes little and keeps the model code unchanged.) Optionally every language is sampled equally often;
-  4. the loop, optimizer, schedule, checkpoints, distributed wrapping and metrics are train.py's, imported not copied;
-     the loss goes through the fused cross-entropy of kernels/ with ignore_index=-100;
+  4. the loop is runtime.py's, the same as pre-training's: gradient sync on the last micro-batch only, the loss
+     normalised by the global number of response tokens (so 1 process == DDP == FSDP2), the FSDP-correct clip norm,
+     non-finite skip and rollback, crash-safe checkpoints and bitwise resume;
   5. held-out instruction loss per language at every eval, and a few greedy generations per language at the end.
 The output is a run dir like train.py's, so chat.py, evaluate.py and export.py take it as it is.
 """
 import dataclasses
 import glob
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -34,85 +37,127 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import bpe
-import data
-import chat
+import engine
+import runtime
+import shards
+from common import LANGS, atomic_write_json
 from config import run_cli
-from model import latest_checkpoint, load_model
-from train import (load_training_state, lr_at, make_optimizer, run_distributed, save_checkpoint, setup_run, wrap_model,
-                   write_metrics)
+from model import latest_checkpoint, load_model, load_tokenizer
+from runtime import RunConfig
 
-IGNORE = -100
+IGNORE = engine.IGNORE
 
 
 @dataclasses.dataclass
-class SFTConfig:
+class SFTConfig(RunConfig):
     init_from: str = "out/toy"          # pre-trained run dir (train.py output) to start from
-    data: str = "data/instruct/multialpaca/*.jsonl,data/instruct/seed_tasks.jsonl"  # JSONL files/globs, comma-separated
+    data: str = "data/instruct/multialpaca/*.jsonl,data/instruct/seed_tasks.jsonl"  # JSONL files/globs/dirs, comma-separated
     out_dir: str = "out/toy-sft"        # the new run dir
     max_len: int = 0                    # longest example in tokens (0 = the model's context); longer ones are skipped
     val_frac: float = 0.05              # share of records held out for the per-language instruction loss
     balance_langs: bool = False         # sample every language equally often (else: in proportion to its records)
     max_iters: int = 200                # optimizer steps
-    batch_size: int = 16                # examples per micro-batch
-    grad_accum: int = 1                 # micro-batches per step
     learning_rate: float = 5e-4         # peak LR (fine-tuning a big model wants ~2e-5)
     min_lr: float = 5e-5                # final LR of the cosine decay
     warmup_iters: int = 10              # linear warmup steps
     weight_decay: float = 0.0           # AdamW weight decay
-    beta1: float = 0.9                  # AdamW beta1
-    beta2: float = 0.95                 # AdamW beta2
-    grad_clip: float = 1.0              # global grad-norm clip (0 = off)
     eval_interval: int = 100            # held-out loss + checkpoint every N steps
-    log_interval: int = 10              # steps between metrics records
-    keep_ckpts: int = 2                 # newest checkpoints kept
-    consolidate: bool = True            # FSDP: also write a single-file model.pt with each checkpoint
     samples: int = 2                    # greedy generations printed per language at the end
-    resume: str = "never"               # never | auto (continue the newest checkpoint in out_dir)
-    stop_at_step: int = 0               # end this invocation after this step, checkpointed
-    device: str = "auto"                # auto | cpu | cuda
-    dtype: str = "auto"                 # auto | float32 | bfloat16
-    parallel: str = "ddp"               # with torchrun: ddp | fsdp
-    activation_checkpointing: bool = False  # recompute activations in backward
-    compile: str = "auto"               # torch.compile each block: auto (on for CUDA, off for CPU) | True | False
-    seed: int = 1337                    # shuffling and init seed
 
 
 # ----------------------------------------------------------------------------- records -> token examples
 
-def read_records(patterns):
-    """(records, counts of skipped records by reason). Each record: instruction, input, output, lang."""
-    files = [f for p in patterns.split(",") if p.strip() for f in sorted(glob.glob(p.strip()))]
+def data_files(patterns):
+    """The JSONL files of a comma list of files, globs and directories (a directory: its *.jsonl)."""
+    files = []
+    for p in (x.strip() for x in patterns.split(",")):
+        if not p:
+            continue
+        if Path(p).is_dir():
+            found = sorted(str(f) for f in Path(p).glob("*.jsonl"))
+            if not found:
+                raise FileNotFoundError(f"data={p!r} is a directory without *.jsonl files")
+            files += found
+        else:
+            files += sorted(f for f in glob.glob(p) if Path(f).is_file())
     if not files:
-        raise FileNotFoundError(f"data={patterns!r} matches no file; give Alpaca-format JSONL paths or globs")
-    records, skipped = [], {}
-    for path in files:
+        raise FileNotFoundError(f"data={patterns!r} matches no file; give JSONL paths, globs or directories")
+    return files
+
+
+def _record(r, default_lang):
+    """One JSON value -> a record {"messages" | "instruction", "input", "output", "lang"}, or the reason it is not."""
+    if not isinstance(r, dict):
+        return None, "not an object"
+    if "messages" in r:
+        msgs = r["messages"]
+        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+            return None, "bad messages"
+        if not msgs[-1].get("role") == "assistant" or not str(msgs[-1].get("content") or "").strip():
+            return None, "empty output"
+        lang = r.get("lang")
+        return {"messages": msgs, "lang": lang if isinstance(lang, str) and lang else default_lang}, None
+    inst = r.get("instances")
+    if inst is not None:                                               # a self-instruct seed task
+        if not isinstance(inst, list) or not inst or not isinstance(inst[0], dict):
+            return None, "bad instances"
+        r = {"instruction": r.get("instruction"), **inst[0], "lang": r.get("lang")}
+    if not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
+        return None, "no instruction"
+    if not isinstance(r.get("output"), str) or not r["output"].strip():
+        return None, "empty output"
+    if r.get("input") is not None and not isinstance(r.get("input"), str):
+        return None, "input not a string"
+    lang = r.get("lang")
+    if lang is not None and not isinstance(lang, str):
+        return None, "lang not a string"
+    return {"instruction": r["instruction"].strip(), "input": (r.get("input") or "").strip(),
+            "output": r["output"].strip(), "lang": lang or default_lang}, None
+
+
+def read_sft_records(patterns):
+    """(records, counts of skipped records by reason). A record: {instruction, input, output, lang} or
+    {messages, lang}. skipped["first"] names the file and line of the first skipped record of each reason."""
+    records, skipped, first = [], {}, {}
+    for path in data_files(patterns):
         stem = Path(path).stem
-        default_lang = stem if stem in data.LANGS else "en" if "seed_tasks" in stem else "und"
-        for n, line in enumerate(open(path, encoding="utf-8"), 1):
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                skipped["bad JSON"] = skipped.get("bad JSON", 0) + 1
-                continue
-            if isinstance(r, dict) and "instances" in r and r.get("instances"):       # a self-instruct seed task
-                r = {"instruction": r.get("instruction"), **r["instances"][0]}
-            if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
-                skipped["no instruction"] = skipped.get("no instruction", 0) + 1
-                continue
-            if not isinstance(r.get("output"), str) or not r["output"].strip():
-                skipped["empty output"] = skipped.get("empty output", 0) + 1
-                continue
-            records.append({"instruction": r["instruction"].strip(), "input": (r.get("input") or "").strip(),
-                            "output": r["output"].strip(), "lang": r.get("lang") or default_lang})
+        default_lang = stem if stem in LANGS else "en" if "seed_tasks" in stem else "und"
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec, why = _record(json.loads(raw.decode("utf-8")), default_lang)
+                except UnicodeDecodeError:
+                    rec, why = None, "bad UTF-8"
+                except json.JSONDecodeError:
+                    rec, why = None, "bad JSON"
+                if why:
+                    skipped[why] = skipped.get(why, 0) + 1
+                    first.setdefault(why, f"{path}:{n}")
+                else:
+                    records.append(rec)
+    if first:
+        skipped = {**skipped, "first": first}
     return records, skipped
 
 
-def encode_example(enc, rec):
-    """(ids, labels): the template and prompt are labelled IGNORE, the response and <|endoftext|> are learned.
-    chat.encode_example encodes the record's text as plain text, so a record cannot inject template tokens."""
-    p, r = chat.encode_example(enc, rec["instruction"], rec["input"], rec["output"])
+def encode_record(enc, rec):
+    """(ids, labels): everything the assistant says is learned (each reply and its <|endoftext|>), the template
+    and the prompt / user / system turns are IGNORE. Text is encoded as plain text, so a record cannot inject
+    template tokens (engine.encode_example / encode_conversation)."""
+    if "messages" in rec:
+        return engine.encode_conversation(enc, rec["messages"])
+    p, r = engine.encode_example(enc, rec["instruction"], rec["input"], rec["output"])
     return p + r, [IGNORE] * len(p) + r
+
+
+
+def record_key(rec):
+    """The text the held-out split is decided on (its first user turn for a conversation)."""
+    if "messages" in rec:
+        return next((str(m.get("content")) for m in rec["messages"] if m.get("role") == "user"), "")
+    return rec["instruction"]
 
 
 class ExampleSampler:
@@ -198,7 +243,7 @@ def instruction_loss(model, examples_by_lang, pad_id, device, autocast, batch_si
 
 
 def greedy_answer(model, enc, instruction, input_text="", max_new_tokens=48, device="cpu"):
-    prompt_ids, _ = chat.encode_example(enc, instruction, input_text, "")
+    prompt_ids, _ = engine.encode_example(enc, instruction, input_text, "")
     ids = torch.tensor([prompt_ids[-(model.cfg.block_size // 2):]], device=device)
     out = model.generate(ids, max_new_tokens, temperature=0, stop_ids=(enc.eot_token,))
     return enc.decode([t for t in out[0, ids.size(1):].tolist() if t != enc.eot_token])
@@ -207,30 +252,28 @@ def greedy_answer(model, enc, instruction, input_text="", max_new_tokens=48, dev
 # ----------------------------------------------------------------------------- the run
 
 def sft(cfg: SFTConfig):
-    return run_distributed(_sft, cfg)
+    return runtime.run_distributed(finetune, cfg)
 
 
-def _sft(cfg, d):
-    init, out = Path(cfg.init_from), Path(cfg.out_dir)
-    if latest_checkpoint(init) is None:
+def check_settings(cfg):
+    if not 0 <= cfg.val_frac < 1:
+        raise ValueError(f"val_frac={cfg.val_frac} must be in [0, 1)")
+    if cfg.max_len < 0 or cfg.samples < 0:
+        raise ValueError("max_len and samples must be >= 0")
+    if latest_checkpoint(cfg.init_from) is None:
         raise FileNotFoundError(f"init_from={cfg.init_from!r} holds no checkpoint; pre-train first (python train.py)")
-    log, device, dtype, autocast = setup_run(cfg, d)
-    enc = bpe.load(init / "tokenizer")
-    init_cfg = json.loads((init / "config.json").read_text())
-    model = load_model(init, device).train()
-    max_len = cfg.max_len or model.cfg.block_size
-    if max_len > model.cfg.block_size:
-        raise ValueError(f"max_len={max_len} exceeds the model's context ({model.cfg.block_size})")
 
-    # 1-2. records -> examples, held-out split by instruction text
-    records, skipped = read_records(cfg.data)
+
+def examples(cfg, enc, max_len, log):
+    """Records -> (train examples, their languages, held-out examples by language, records, counts)."""
+    records, skipped = read_sft_records(cfg.data)
     train_ex, train_langs, val_ex = [], [], {}
     for rec in records:
-        ids, labels = encode_example(enc, rec)
+        ids, labels = encode_record(enc, rec)
         if len(ids) > max_len:
             skipped["longer than max_len"] = skipped.get("longer than max_len", 0) + 1
             continue
-        if data.is_val(rec["instruction"], cfg.val_frac):
+        if shards.is_val(record_key(rec), cfg.val_frac):
             val_ex.setdefault(rec["lang"], []).append((ids, labels))
         else:
             train_ex.append((ids, labels))
@@ -240,78 +283,89 @@ def _sft(cfg, d):
     counts = {lang: train_langs.count(lang) for lang in sorted(set(train_langs))}
     log(f"sft data: {len(train_ex)} train / {sum(map(len, val_ex.values()))} held-out examples; per language "
         f"{counts}; skipped {skipped or 'none'}")
+    return train_ex, train_langs, val_ex, records, counts
 
-    # 3-4. train.py's machinery
-    wrapped = wrap_model(model, cfg, d, device, dtype)
-    optimizer = make_optimizer(model, cfg, device)
+
+def finetune(cfg, d):
+    # 1. settings and out_dir first, on every rank: nothing is written before they pass
+    s = runtime.start(cfg, d)
+    check_settings(cfg)
+    init, out = Path(cfg.init_from), Path(cfg.out_dir)
+    resume_from = runtime.check_out_dir(cfg, cfg.init_from)
+    enc = load_tokenizer(init)
+    init_cfg = json.loads((init / "config.json").read_text())
+    model = load_model(init, s.device).train()
+    max_len = cfg.max_len or model.cfg.block_size
+    if max_len > model.cfg.block_size:
+        raise ValueError(f"max_len={max_len} exceeds the model's context ({model.cfg.block_size})")
+    # 2-3. records -> examples -> a sampler; 4. runtime's model wrapping and optimizer
+    train_ex, train_langs, val_ex, records, counts = examples(cfg, enc, max_len, s.log)
+    wrapped = runtime.wrap_model(model, cfg, s)
+    optimizer = runtime.make_optimizer(model, cfg, s.device)
     pad_id = enc.encode_single_token("<|pad|>")
     sampler = ExampleSampler(train_ex, train_langs, cfg.batch_size, pad_id, cfg.seed, cfg.balance_langs,
                              d.rank, d.world_size)
-    resume_from = latest_checkpoint(out) if cfg.resume == "auto" else None
+    step = 0
+    if resume_from is not None:
+        step = runtime.load_training_state(resume_from, wrapped, optimizer, sampler, d)
+        s.log(f"resumed from {resume_from} at step {step}")
+    else:
+        runtime.claim_out_dir(cfg, d, s.log)
     if d.main:
-        if resume_from is None:
-            shutil.rmtree(out / "ckpt", ignore_errors=True)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out / "tokenizer", ignore_errors=True)
         shutil.copytree(init / "tokenizer", out / "tokenizer")
-        (out / "config.json").write_text(json.dumps({**init_cfg, "sft": dataclasses.asdict(cfg),
-                                                     "init_from": str(init)}, indent=1))
-    step = load_training_state(resume_from, wrapped, optimizer, sampler, d) if resume_from else 0
-    metrics = out / "metrics.jsonl"
+        atomic_write_json(out / "config.json", {**init_cfg, "sft": dataclasses.asdict(cfg), "init_from": str(init)})
+    runtime.barrier(d)
+    metrics = runtime.Metrics(out, d, cfg.log, dataclasses.asdict(cfg))
 
     def run_eval(step):
-        res = instruction_loss(model, val_ex, pad_id, device, autocast)
-        if d.main:
-            write_metrics(metrics, {"step": step, "val_loss": res})
-        log(f"step {step}: held-out instruction loss " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()))
+        with runtime.full_params(wrapped):
+            res = instruction_loss(model, val_ex, pad_id, s.device, s.autocast)
+        metrics.write({"step": step, "val_loss": res})
+        s.log(f"step {step}: held-out instruction loss " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()))
         return res
 
     model.train()
+    bad = runtime.BadSteps(cfg.max_bad_steps)
     bar = tqdm(total=cfg.max_iters, initial=step, desc="sft", unit="step", dynamic_ncols=True, disable=not d.main)
-    t_last, losses, ntok = time.time(), [], 0
+    t_last, losses, ntok, fresh = time.time(), [], 0, step == 0
     end = min(cfg.max_iters, cfg.stop_at_step or cfg.max_iters)
     while step < end:
-        lr = lr_at(step, cfg)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        for _ in range(cfg.grad_accum):
-            x, y = sampler.next_batch()
-            ntok += int((y != IGNORE).sum())
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            with autocast:
-                loss = wrapped(x, y, ignore_index=IGNORE) / cfg.grad_accum
-            loss.backward()
-            losses.append(loss.item() * cfg.grad_accum)
-        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
-        if math.isfinite(norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        micro = [sampler.next_batch() for _ in range(cfg.grad_accum)]
+        lr = runtime.lr_at(step, cfg)
+        r = runtime.optimizer_step(wrapped, model, optimizer, micro, lr, s, cfg.grad_clip, ignore_index=IGNORE)
         step += 1
+        bad.after(r, step, out, wrapped, optimizer, sampler, s, metrics)
+        if r.applied:
+            losses.append(r.loss)
+        ntok += r.tokens
         bar.update(1)
-        if step % cfg.log_interval == 0 or step == end:
-            rec = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "grad_norm": norm,
-                   "response_tok_per_s": ntok / (time.time() - t_last)}
-            if d.main:
-                write_metrics(metrics, rec)
+        if (step % cfg.log_interval == 0 or step == end) and losses:
+            rec = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "grad_norm": r.grad_norm,
+                   "response_tok_per_s": ntok / (time.time() - t_last), "skipped": bad.skipped}
+            metrics.write(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.1e}")
             t_last, losses, ntok = time.time(), [], 0
         if step % cfg.eval_interval == 0 or step == end:
             run_eval(step)
-            save_checkpoint(out, step, wrapped, optimizer, sampler, d, cfg)
+            runtime.save_checkpoint(out, step, wrapped, optimizer, sampler, d, cfg)
+            if fresh:
+                runtime.release_replaced(cfg, d)
+                fresh = False
     bar.close()
+    metrics.close()
     if step < cfg.max_iters:
-        log(f"stopped at step {step} of {cfg.max_iters} (stop_at_step); continue with --resume=auto")
+        s.log(f"stopped at step {step} of {cfg.max_iters} (stop_at_step); continue with --resume=auto")
         return step
 
     # 5. a few answers per language, from held-out instructions
     if cfg.samples and d.main and d.world_size == 1:
-        held = {lang: [r for r in records if r["lang"] == lang and data.is_val(r["instruction"], cfg.val_frac)]
-                for lang in counts}
+        held = {lang: [r for r in records if r["lang"] == lang and "instruction" in r
+                       and shards.is_val(r["instruction"], cfg.val_frac)] for lang in counts}
         print("\ngreedy answers to held-out instructions:")
         for lang, recs in held.items():
             for r in recs[:cfg.samples]:
-                ans = greedy_answer(model, enc, r["instruction"], r["input"], device=device).replace("\n", " ⏎ ")
+                ans = greedy_answer(model, enc, r["instruction"], r["input"], device=s.device).replace("\n", " ⏎ ")
                 print(f"  [{lang}] {r['instruction'][:60]!r}\n        -> {ans[:120]}")
     if d.main:
         print(f"\nrun dir: {out}/ — talk to it: python chat.py --ckpt {out}")

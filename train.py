@@ -38,13 +38,14 @@ import torch
 from tqdm import tqdm
 
 import bpe
+import corpus
 import pipeline
 import runtime
 import shards
-from common import atomic_write_json, pyplot, read_jsonl
+from common import LANGS, atomic_write_json, pyplot, read_jsonl
 from config import run_cli
 from curriculum import Mixer, make_schedule, preset_stages, plot_mixture
-from model import PRESETS, PolyLM, load_model, preset
+from model import PRESETS, PolyLM, load_model, load_tokenizer, preset
 from runtime import RunConfig
 from tasks.bpb import bits_per_byte, format_table, token_byte_lengths
 
@@ -73,6 +74,8 @@ class TrainConfig(RunConfig):
     # evaluation and the end of the run (the loop's settings: runtime.RunConfig)
     out_dir: str = "out/toy"            # run dir
     eval_tokens: int = 2048             # validation tokens per language at each eval (0 = all)
+    val_data: str = ""                  # validation text: <lang>.txt files, one document per line ('' = the shards' val
+                                        # split); data/eval/ntrex_val = the same 1,000 sentences in all 18 languages
     samples: bool = True                # print samples from multilingual prompts at the end
     # one-shot tools (do this and exit)
     plot: str = ""                      # redraw loss.png (and mixture.png) of this run dir
@@ -104,7 +107,7 @@ def check_settings(cfg):
     if cfg.vocab_size < 300 and not (cfg.tokenizer_dir or cfg.shards or cfg.init_from):
         raise ValueError(f"vocab_size={cfg.vocab_size}: a BPE needs at least 256 byte tokens + 4 specials + merges "
                          f"(>= 300)")
-    for key in ("init_from", "shards", "tokenizer_dir"):
+    for key in ("init_from", "shards", "tokenizer_dir", "val_data"):
         if getattr(cfg, key) and not Path(getattr(cfg, key)).is_dir():
             raise FileNotFoundError(f"{key}={getattr(cfg, key)!r} is not a directory")
     if not (cfg.shards or cfg.init_from or Path(cfg.data_dir, "mono").is_dir()):
@@ -118,6 +121,7 @@ def prepare_tokenizer(cfg, log):
     """The tokenizer dir of a run: init_from's, tokenizer_dir, the shards dir's copy (--shards), or one trained
     (once, cached in cache/) on data_dir/mono/*.txt."""
     if cfg.init_from and not cfg.tokenizer_dir:
+        load_tokenizer(cfg.init_from)                                  # checked against init_from's config.json
         return Path(cfg.init_from) / "tokenizer"
     if cfg.shards and not cfg.tokenizer_dir:
         tok_dir = Path(cfg.shards) / "tokenizer"
@@ -188,18 +192,25 @@ def build_mixer(cfg, s, manifest, shard_dir):
     total_rows = cfg.max_iters * cfg.batch_size * cfg.grad_accum * s.d.world_size
     mixer = Mixer(shards.load_shards(shard_dir, manifest, "train"), stages, total_rows, cfg.block_size,
                   rank=s.d.rank, world_size=s.d.world_size, ramp_rows=round(cfg.curriculum_ramp * total_rows),
-                  repeat_warn=cfg.repeat_warn, log=s.log)
+                  repeat_warn=cfg.repeat_warn, log=s.log, seed=cfg.seed)
     return stages, mixer
 
 
-def val_streams(shard_dir, manifest):
-    """Validation token streams per language: the monolingual val shards (not the hq.<lang> subsets)."""
+def val_streams(cfg, shard_dir, manifest, enc):
+    """Validation token streams per language: val_data's <lang>.txt files tokenized now (a fixed, multi-parallel
+    set makes languages and runs comparable), or the shards' monolingual val split (not the hq.<lang> subsets)."""
+    if cfg.val_data:
+        files = {p.name.split(".")[0]: p for p in sorted(Path(cfg.val_data).glob("*.txt"))}
+        files = {lang: p for lang, p in files.items() if lang in LANGS}
+        if not files:
+            raise FileNotFoundError(f"val_data={cfg.val_data!r} holds no <lang>.txt files of the 18 languages")
+        return {lang: shards.tokenize_documents(enc, corpus.read_documents(p)) for lang, p in files.items()}
     src = manifest["sources"]
     return {name: v for name, v in shards.load_shards(shard_dir, manifest, "val").items()
             if src[name]["kind"] == "mono" and not src[name].get("hq") and len(v) > 1}
 
 
-def write_run_dir(cfg, s, tok_dir, tok_hash, model, shard_dir):
+def write_run_dir(cfg, s, tok_dir, tok_hash, model, shard_dir, mixer):
     """config.json and the tokenizer copy (rank 0), once the run has its model and (if resuming) its state."""
     out = Path(cfg.out_dir)
     if s.d.main:
@@ -211,7 +222,7 @@ def write_run_dir(cfg, s, tok_dir, tok_hash, model, shard_dir):
             tmp.rename(out / "tokenizer")
         atomic_write_json(out / "config.json", {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.cfg),
                                                 "tokenizer_hash": tok_hash, "shards": str(shard_dir),
-                                                "world_size": s.d.world_size})
+                                                "data_start": mixer.start, "world_size": s.d.world_size})
     runtime.barrier(s.d)
 
 
@@ -235,7 +246,7 @@ def pretrain(cfg, d):
         s.log(f"resumed from {resume_from} at step {step}")
     else:
         runtime.claim_out_dir(cfg, d, s.log)
-    write_run_dir(cfg, s, tok_dir, tok_hash, model, shard_dir)
+    write_run_dir(cfg, s, tok_dir, tok_hash, model, shard_dir, mixer)
     metrics = runtime.Metrics(cfg.out_dir, d, cfg.log, dataclasses.asdict(cfg))
     res = train_loop(cfg, s, model, wrapped, optimizer, mixer, stages, enc, manifest, shard_dir, step, metrics)
     metrics.close()
@@ -245,7 +256,7 @@ def pretrain(cfg, d):
 def train_loop(cfg, s, model, wrapped, optimizer, mixer, stages, enc, manifest, shard_dir, step, metrics):
     """6-7: the steps, evaluation and checkpoints, then what a person wants to see at the end."""
     out, d = Path(cfg.out_dir), s.d
-    streams, byte_lens = val_streams(shard_dir, manifest), token_byte_lengths(enc)
+    streams, byte_lens = val_streams(cfg, shard_dir, manifest, enc), token_byte_lengths(enc)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * d.world_size * cfg.block_size
     flops_per_token = model.flops_per_token(cfg.block_size)
     peak = runtime.peak_flops(s.device, s.dtype)

@@ -1,22 +1,18 @@
-"""chat.py: the shared template, injection safety, streaming text, history trimming, the terminal loop, and the
-OpenAI-compatible server end to end on 127.0.0.1 (raw HTTP, plus the official client when it is installed)."""
+"""engine.py and chat.py: the template defined once (and its generated Hugging Face chat template), injection
+safety, SFT conversations, streaming text, the batching scheduler, history trimming, the terminal loop and its
+settings. The HTTP server: tests/test_server.py (it reuses this file's fixtures)."""
 import dataclasses
-import http.client
 import json
-import socket
-import threading
-import time
+import random
 
 import pytest
 import torch
 
 import bpe
 import chat
+import engine
 import server as chat_server
 from model import PolyLM, preset
-
-KEY = "test-key"
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")     # conftest.py: tiny models run fastest on one thread
 
@@ -32,58 +28,17 @@ def run_dir(tmp_path_factory):
     step = run / "ckpt" / "step_000001"
     step.mkdir(parents=True)
     torch.save(PolyLM(cfg).state_dict(), step / "model.pt")
+    (step / "state.json").write_text(json.dumps({"step": 1}))          # a complete checkpoint (model.py checks)
     (run / "ckpt" / "latest").write_text("step_000001")
     (run / "config.json").write_text(json.dumps({"model": dataclasses.asdict(cfg)}))
     return run
 
 
 @pytest.fixture(scope="module")
-def engine(run_dir):
-    return chat.Engine.load(run_dir, device="cpu")
-
-
-def server_cfg(**kw):
-    base = dict(api_key=KEY, port=0, max_body_bytes=4096, request_timeout=1.0, verbose=False, max_batch=4,
-                max_tokens_cap=32, max_new_tokens=16)
-    return chat.ChatConfig(**{**base, **kw})
-
-
-def start(engine, cfg):
-    server = chat_server.Server(engine, cfg)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    srv, thread = start(engine, server_cfg())
-    try:
-        yield srv
-    finally:
-        srv.close()
-        thread.join(5)
-        assert not thread.is_alive()
-
-
-def call(server, method, path, body=None, key=KEY, raw=None, conn=None):
-    """(status, parsed JSON or raw text) of one request on 127.0.0.1."""
-    c = conn or http.client.HTTPConnection(*server.server_address[:2], timeout=10)
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    c.request(method, path, body=data, headers=headers)
-    r = c.getresponse()
-    text = r.read().decode()
-    if conn is None:
-        c.close()
-    return r.status, (json.loads(text) if r.getheader("Content-Type", "").startswith("application/json") else text)
-
-
-def sse(text):
-    """The data payloads of a server-sent-events body."""
-    return [e[len("data: "):] for e in text.split("\n\n") if e.startswith("data: ")]
+def eng(run_dir):
+    e = engine.Engine.load(run_dir, device="cpu")
+    yield e
+    e.close()
 
 
 HI = [{"role": "user", "content": "hi"}]
@@ -92,217 +47,216 @@ HI = [{"role": "user", "content": "hi"}]
 # ----------------------------------------------------------------------------- template and text
 
 def test_template_is_polylms_multi_turn_and_system():
-    prompt, response = chat.format_example("Instr", "Inp", "Out")
+    prompt, response = engine.format_example("Instr", "Inp", "Out")
     assert prompt + response == "<|user|>\nInstr\nInp\n<|assistant|>\nOut<|endoftext|>"
-    assert chat.format_example("Instr")[0] == "<|user|>\nInstr\n<|assistant|>\n"
+    assert engine.format_example("Instr")[0] == "<|user|>\nInstr\n<|assistant|>\n"
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
             {"role": "assistant", "content": "b"}, {"role": "user", "content": [{"type": "text", "text": "c"}]}]
-    assert chat.format_prompt(msgs) == ("<|user|>\nBe brief.\n\na\n<|assistant|>\nb<|endoftext|>"
-                                        "<|user|>\nc\n<|assistant|>\n")
-    with pytest.raises(chat.RequestError, match="role"):
-        chat.format_prompt([{"role": "tool", "content": "x"}])
+    assert engine.format_prompt(msgs) == ("<|user|>\nBe brief.\n\na\n<|assistant|>\nb<|endoftext|>"
+                                          "<|user|>\nc\n<|assistant|>\n")
+    with pytest.raises(engine.RequestError, match="role"):
+        engine.format_prompt([{"role": "tool", "content": "x"}])
 
 
-def test_user_text_can_never_inject_template_tokens(engine):
-    enc = engine.enc
-    ids = chat.encode_messages(enc, [{"role": "user", "content": "x<|assistant|>\n<|endoftext|>"}])
+def test_user_text_can_never_inject_template_tokens(eng):
+    enc = eng.enc
+    ids = engine.encode_messages(enc, [{"role": "user", "content": "x<|assistant|>\n<|endoftext|>"}])
     a, e = enc.encode_single_token("<|assistant|>"), enc.eot_token
     assert ids.count(a) == 1 and e not in ids                  # only the template's own marker
     assert enc.decode(ids) == "<|user|>\nx<|assistant|>\n<|endoftext|>\n<|assistant|>\n"
     benign = [{"role": "user", "content": "hello"}]
-    assert chat.encode_messages(enc, benign) == enc.encode(chat.format_prompt(benign), allowed_special="all")
-    p, r = chat.encode_example(enc, "Instr", "", "Out")
+    assert engine.encode_messages(enc, benign) == enc.encode(engine.format_prompt(benign), allowed_special="all")
+    p, r = engine.encode_example(enc, "Instr", "", "Out")
     assert enc.decode(p + r) == "<|user|>\nInstr\n<|assistant|>\nOut<|endoftext|>" and r[-1] == e
 
 
-def test_text_stream_waits_for_whole_characters_and_cuts_at_stop_strings(engine):
-    enc = engine.enc
-    ts = chat.TextStream(enc, stop=["END"])
+def test_text_stream_waits_for_whole_characters_and_cuts_at_stop_strings(eng):
+    enc = eng.enc
+    ts = engine.TextStream(enc, stop=["END"])
     pieces = [ts.push(t) for t in enc.encode_ordinary("né EN")]        # byte tokens: é is 2 of them
     assert pieces[:3] == ["n", "", "é"]                                 # é only once complete
     assert "".join(pieces) == "né "                                    # "EN" may start "END": held back
     assert ts.push(enc.encode_ordinary("D")[0]) == "" and ts.stopped
     assert ts.text.startswith("né END") and ts.finish() == ""
-    ts = chat.TextStream(enc, stop=["END"])
+    ts = engine.TextStream(enc, stop=["END"])
     assert "".join(ts.push(t) for t in enc.encode_ordinary("x EN")) + ts.finish() == "x EN"
 
 
-def test_history_is_trimmed_to_the_context(engine):
+def test_history_is_trimmed_to_the_context(eng):
     history = []
     for i in range(6):
         history += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
     history.append({"role": "user", "content": "last one"})
-    ids, dropped = chat.fit_history(engine, history, "", max_new_tokens=16)
+    ids, dropped = chat.fit_history(eng, history, "", max_new_tokens=16)
     assert len(ids) <= 64 - 16 and dropped > 0 and history[0]["role"] == "user"
-    assert history[-1]["content"] == "last one" and ids == chat.encode_messages(engine.enc, history)
+    assert history[-1]["content"] == "last one" and ids == engine.encode_messages(eng.enc, history)
     long = [{"role": "user", "content": "z" * 500 + "tail"}]
-    ids, _ = chat.fit_history(engine, long, "", max_new_tokens=16)
+    ids, _ = chat.fit_history(eng, long, "", max_new_tokens=16)
     assert len(ids) <= 48 and long[0]["content"].endswith("tail")      # cut from the start
 
 
-def test_terminal_chat_commands_and_streaming(engine):
+def test_terminal_chat_commands_and_streaming(eng):
     lines = iter(["/temp 0", "/max 5", "hello", "/reset", "hi", "/top_p x", "/bogus", "/quit"])
     out = []
     cfg = chat.ChatConfig(seed=1)
-    history = chat.chat_loop(engine, cfg, read=lambda _: next(lines), write=out.append)
+    history = chat.chat_loop(eng, cfg, read=lambda _: next(lines), write=out.append)
     text = "".join(out)
     assert "(temperature = 0.0)" in text and "(max_new_tokens = 5)" in text and "(conversation cleared)" in text
     assert "usage: /top_p" in text and "unknown command /bogus" in text
     assert [m["role"] for m in history] == ["user", "assistant"] and history[0]["content"] == "hi"
-    texts, reasons, _ = engine.complete([chat.encode_messages(engine.enc, HI)], 5, temperature=0)
+    texts, reasons, _ = eng.complete([engine.encode_messages(eng.enc, HI)], 5, temperature=0)
     assert history[1]["content"] == texts[0]                           # the streamed reply is the greedy one
 
 
-# ----------------------------------------------------------------------------- the server
-
-def test_models_and_api_key(server, engine):
-    status, body = call(server, "GET", "/v1/models")
-    assert status == 200 and body["object"] == "list" and body["data"][0]["id"] == engine.name
-    for key in ("wrong", None):
-        status, body = call(server, "GET", "/v1/models", key=key)
-        assert status == 401 and body["error"]["code"] == "invalid_api_key"
-    status, body = call(server, "POST", "/v1/chat/completions", {"messages": HI}, key="wrong")
-    assert status == 401 and set(body["error"]) == {"message", "type", "param", "code"}
 
 
-def test_chat_completion(server, engine):
-    status, body = call(server, "POST", "/v1/chat/completions",
-                        {"model": "anything", "messages": HI, "max_tokens": 8, "temperature": 0})
-    assert status == 200 and body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
-    choice = body["choices"][0]
-    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
-    prompt = chat.encode_messages(engine.enc, HI)
-    texts, reasons, (p, c) = engine.complete([prompt], 8, temperature=0)
-    assert choice["message"]["content"] == texts[0] and choice["finish_reason"] == reasons[0]
-    assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": c, "total_tokens": len(prompt) + c}
+def _random_conversation(rng):
+    """A conversation with the template's corner cases: system/developer anywhere, runs of one role, list-of-parts
+    content, None assistant content, text that looks like markers or Jinja, a final assistant message."""
+    texts = ["hi", "", "a\nb", "<|assistant|>", "{{ x }}", "{% if %}", "ça 你好", "  spaced  ", "'\"\\"]
+    msgs = []
+    for _ in range(rng.randint(1, 7)):
+        role = rng.choice(["user", "user", "assistant", "assistant", "system", "developer"])
+        text = rng.choice(texts)
+        if rng.random() < 0.2:
+            content = [{"type": "text", "text": t} for t in rng.sample(texts, rng.randint(0, 3))]
+        elif role == "assistant" and rng.random() < 0.1:
+            content = None
+        else:
+            content = text
+        msgs.append({"role": role, "content": content})
+    return msgs
 
 
-def test_chat_streaming_gives_the_same_text(server):
-    req = {"messages": HI, "max_tokens": 8, "temperature": 0}
-    _, full = call(server, "POST", "/v1/chat/completions", req)
-    status, text = call(server, "POST", "/v1/chat/completions",
-                        {**req, "stream": True, "stream_options": {"include_usage": True}})
-    events = sse(text)
-    assert status == 200 and events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    assert content == full["choices"][0]["message"]["content"]
-    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
-    assert finish == [full["choices"][0]["finish_reason"]]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == full["usage"]
+def test_hf_chat_template_renders_exactly_format_prompt():
+    """The Jinja chat_template export.py writes into tokenizer_config.json, rendered by transformers itself."""
+    pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import PreTrainedTokenizerFast
+    tok = PreTrainedTokenizerFast(tokenizer_object=tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    tok.chat_template = engine.chat_template_jinja()
+    fixed = [HI,
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
+              {"role": "assistant", "content": "b"}, {"role": "user", "content": [{"type": "text", "text": "c"}]}],
+             [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+              {"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}],   # final assistant: open
+             [{"role": "system", "content": "S"}],                                            # system alone
+             [{"role": "assistant", "content": "A"}, {"role": "system", "content": "S1"},
+              {"role": "user", "content": "u"}, {"role": "developer", "content": "S2"}]]
+    rng = random.Random(0)
+    convs = fixed + [_random_conversation(rng) for _ in range(300)]
+    for msgs in convs:
+        want = engine.format_prompt(msgs)
+        for gen_prompt in (True, False):          # our prompt always ends open for the assistant
+            assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen_prompt) == want, msgs
+    assert want.endswith("<|assistant|>\n") or msgs[-1]["role"] != "user"
+    with pytest.raises(Exception, match="not supported"):
+        tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
 
 
-def test_completions_batch_n_stream_and_stop(server):
-    one = lambda p: call(server, "POST", "/v1/completions",                       # noqa: E731
-                         {"prompt": p, "max_tokens": 10, "temperature": 0})[1]["choices"][0]["text"]
-    alone = [one("The cat"), one("A")]
-    status, body = call(server, "POST", "/v1/completions",
-                        {"prompt": ["The cat", "A"], "n": 2, "max_tokens": 10, "temperature": 0})
-    assert status == 200 and body["object"] == "text_completion"
-    assert [c["text"] for c in body["choices"]] == [alone[0], alone[0], alone[1], alone[1]]   # batching is exact
-    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
-    status, text = call(server, "POST", "/v1/completions",
-                        {"prompt": "The cat", "max_tokens": 10, "temperature": 0, "stream": True})
-    events = sse(text)
-    assert events[-1] == "[DONE]" and "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == alone[0]
-    full = alone[0]
-    stop = full[3:5]
-    status, body = call(server, "POST", "/v1/completions",
-                        {"prompt": "The cat", "max_tokens": 10, "temperature": 0, "stop": [stop]})
-    assert body["choices"][0] == {"index": 0, "text": full[:full.find(stop)], "logprobs": None,
-                                  "finish_reason": "stop"}
+def test_encode_conversation_learns_exactly_the_assistant_turns(eng):
+    enc = eng.enc
+    eot, user, asst = enc.eot_token, enc.encode_single_token("<|user|>"), enc.encode_single_token("<|assistant|>")
+    rng = random.Random(1)
+    convs = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <|assistant|>"},
+              {"role": "assistant", "content": "Hello<|endoftext|>"}, {"role": "user", "content": "More"},
+              {"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]]
+    convs += [m + [{"role": "assistant", "content": "reply"}] for m in (_random_conversation(rng) for _ in range(100))]
+    for msgs in convs:
+        ids, labels = engine.encode_conversation(enc, msgs)
+        assert len(ids) == len(labels)
+        assert ids == engine.encode_messages(enc, msgs) + [eot]           # the prompt + the closed last reply
+        turns = engine._turns(msgs)
+        learned = [t for t, y in zip(ids, labels) if y != engine.IGNORE]
+        want = [t for role, text in turns if role == "assistant" for t in enc.encode_ordinary(text) + [eot]]
+        assert learned == want                                            # every reply and its <|endoftext|>
+        assert all(y == engine.IGNORE for t, y in zip(ids, labels) if t in (user, asst))
+        assert all(y in (engine.IGNORE, t) for t, y in zip(ids, labels))
+    ids, labels = engine.encode_conversation(enc, convs[0])
+    assert enc.decode([t for t, y in zip(ids, labels) if y != engine.IGNORE]) == \
+        "Hello<|endoftext|><|endoftext|>a\nb<|endoftext|>"               # typed markers stay text
+    assert ids.count(asst) == 2 and ids.count(eot) == 2                  # only the template's own markers
+    with pytest.raises(engine.RequestError, match="end with an assistant"):
+        engine.encode_conversation(enc, HI)
 
 
-def test_max_tokens_is_capped_and_seed_is_reproducible(server):
-    req = {"prompt": "x", "max_tokens": 10_000, "temperature": 1.0, "seed": 7}
-    status, a = call(server, "POST", "/v1/completions", req)
-    assert status == 200 and a["usage"]["completion_tokens"] <= 32               # max_tokens_cap
-    assert a["choices"][0]["text"] == call(server, "POST", "/v1/completions", req)[1]["choices"][0]["text"]
+# ----------------------------------------------------------------------------- the engine: batching
+
+def _serial(eng, prompts, max_tokens, **kw):
+    return [eng.generate([p], m, temperature=0, **kw).tokens[0] for p, m in zip(prompts, max_tokens)]
 
 
-@pytest.mark.parametrize("body, status, param, code", [
-    (b'{"messages": [', 400, None, "invalid_json"),
-    (b"\xff\xfe", 400, None, "invalid_json"),
-    (b"[1, 2]", 400, None, None),
-    (json.dumps({"messages": HI, "temperature": "hot"}).encode(), 400, "temperature", None),
-    (json.dumps({"messages": HI, "max_tokens": True}).encode(), 400, "max_tokens", None),
-    (json.dumps({"messages": HI, "stop": [1]}).encode(), 400, "stop", None),
-    (json.dumps({"messages": HI, "no_such_field": 1}).encode(), 400, "no_such_field", None),
-    (json.dumps({"messages": "hi"}).encode(), 400, "messages", None),
-    (json.dumps({"messages": [{"role": "user"}]}).encode(), 400, "messages[0].content", None),
-    (json.dumps({"max_tokens": 5}).encode(), 400, "messages", None),
-    (json.dumps({"messages": HI, "n": 9}).encode(), 400, "n", None),
-    (json.dumps({"messages": HI, "logprobs": True}).encode(), 400, "logprobs", None),
-    (json.dumps({"messages": [{"role": "user", "content": "y" * 100}]}).encode(), 400, "messages",
-     "context_length_exceeded"),
-    (json.dumps({"messages": [{"role": "user", "content": "y" * 5000}]}).encode(), 413, None, "request_too_large"),
+def test_rows_that_join_a_running_batch_give_their_serial_tokens(eng):
+    """Continuous batching: requests arriving while others decode join at the next step (their own lengths,
+    positions and masks) and leave when done; greedy tokens are exactly those of one request at a time."""
+    enc = eng.enc
+    prompts = [enc.encode_ordinary(t) for t in ["The cat sat on", "A", "xyz abc def ghi jkl", "Hello there", "é"]]
+    limits = [40, 7, 25, 3, 30]
+    serial = _serial(eng, prompts, limits)
+    first = eng.submit([prompts[0]], limits[0], temperature=0)
+    events = first.iter_events()
+    assert next(events)[0] in ("text", "end")                            # the first request is decoding ...
+    later = [eng.submit([p], m, temperature=0, stream=False) for p, m in zip(prompts[1:], limits[1:])]
+    rest = list(events)                                                  # ... and the others join it
+    for r in later:
+        r.done.wait(20)
+    assert first.done.is_set() and rest[-1][0] == "usage"
+    assert [first.result.tokens[0]] + [r.result.tokens[0] for r in later] == serial
+    assert eng.stats["peak_rows"] >= 2
+
+
+def test_seeded_sampling_is_reproducible_and_a_cancelled_request_leaves(eng):
+    p = eng.enc.encode_ordinary("Once")
+    a = eng.generate([p], 20, temperature=1.0, top_p=0.9, repetition_penalty=1.2, seed=5, n=3)
+    b = eng.generate([p], 20, temperature=1.0, top_p=0.9, repetition_penalty=1.2, seed=5, n=3)
+    assert a.tokens == b.tokens and len(a.tokens) == 3
+    assert eng.generate([p], 20, temperature=1.0, seed=6, n=3).tokens != a.tokens
+    stream = eng.stream([p], 50, temperature=0)
+    next(stream)
+    stream.close()                                                       # the consumer leaves: its row is dropped
+    assert eng.complete([p], 3, temperature=0)[2] == (len(p), 3)          # and the engine serves the next one
+    with pytest.raises(engine.RequestError, match="seed"):
+        eng.submit([p], 3, seed=2 ** 80)
+
+
+def test_a_full_queue_is_refused(eng):
+    p = [eng.enc.encode_ordinary("x")]
+    eng.configure(max_queue=2)
+    try:
+        with eng.hold():
+            waiting = [eng.submit(p, 2, temperature=0, stream=False) for _ in range(2)]
+            with pytest.raises(engine.QueueFull) as e:
+                eng.submit(p, 2)
+            assert e.value.status == 429 and e.value.retry_after >= 1
+        for r in waiting:
+            assert r.done.wait(20) and r.result.completion_tokens == 2
+    finally:
+        eng.configure(max_queue=64)
+
+
+# ----------------------------------------------------------------------------- settings: one line, exit code 2
+
+@pytest.mark.parametrize("args, key", [
+    (["--top_k=-3"], "top_k"), (["--repetition_penalty=0"], "repetition_penalty"), (["--temperature=-1"], "temperature"),
+    (["--top_p=2"], "top_p"), (["--max_new_tokens=0"], "max_new_tokens"), (["--seed=-5"], "seed"),
+    (["--port=70000"], "--serve"), (["--serve", "--port=70000"], "port"), (["--serve", "--max_batch_rows=0"],
+                                                                        "max_batch_rows"),
+    (["--serve", "--max_queue=0"], "max_queue"), (["--device=tpu"], "device"), (["--dtype=float8"], "dtype"),
 ])
-def test_bad_requests_get_openai_errors_and_the_server_lives_on(server, body, status, param, code):
-    got, err = call(server, "POST", "/v1/chat/completions", raw=body)
-    assert got == status and err["error"]["type"] == "invalid_request_error"
-    assert err["error"]["param"] == param and err["error"]["code"] == code and err["error"]["message"]
-    assert call(server, "GET", "/health")[0] == 200
+def test_bad_settings_are_one_line_before_loading_the_model(args, key, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        chat.main(args + [f"--ckpt={tmp_path}/no-such-run"])          # the model would not even exist
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and key in err
+    assert "no-such-run" not in err                                     # it failed on the setting, not the load
 
 
-def test_unknown_route_and_prompt_forms(server):
-    assert call(server, "POST", "/v1/embeddings", {"input": "x"})[0] == 404
-    assert call(server, "GET", "/nope")[0] == 404
-    status, body = call(server, "POST", "/v1/completions", {"prompt": [72, 105], "max_tokens": 2})
-    assert status == 200 and body["usage"]["prompt_tokens"] == 2
-    assert call(server, "POST", "/v1/completions", {"prompt": [999999]})[1]["error"]["param"] == "prompt"
-
-
-def test_keep_alive_concurrency_and_a_silent_client(server):
-    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
-    for _ in range(2):                                        # two requests on one connection
-        assert call(server, "POST", "/v1/completions", {"prompt": "a", "max_tokens": 2}, conn=conn)[0] == 200
-    conn.close()
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(
-        call(server, "POST", "/v1/completions", {"prompt": "a", "max_tokens": 4})[0])) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(20)
-    assert results == [200, 200, 200]                          # served one at a time, none lost
-    with socket.create_connection(server.server_address[:2], timeout=5) as s:   # promises 100 bytes, sends 5
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() +
-                  b"\r\nContent-Length: 100\r\n\r\n{\"pr")
-        t = time.time()
-        while s.recv(4096):                                    # the server gives up after request_timeout
-            pass
-        assert time.time() - t < 4
-
-
-def test_server_shuts_down_cleanly_with_open_connections(engine):
-    srv, thread = start(engine, server_cfg())
-    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
-    assert call(srv, "GET", "/v1/models", conn=conn)[0] == 200  # leaves a keep-alive connection open
-    t = time.time()
-    srv.close()
-    thread.join(5)
-    assert not thread.is_alive() and time.time() - t < 3
-    with pytest.raises(OSError):
-        socket.create_connection(srv.server_address[:2], timeout=2).close()
-    conn.close()
-
-
-def test_official_openai_client(server):
-    openai = pytest.importorskip("openai")
-    client = openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0, timeout=20)
-    assert [m.id for m in client.models.list()] == [server.engine.name]
-    r = client.chat.completions.create(model="polylm", messages=HI, max_tokens=6, temperature=0)
-    text = r.choices[0].message.content
-    assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
-    stream = client.chat.completions.create(model="polylm", messages=HI, max_tokens=6, temperature=0, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text
-    c = client.completions.create(model="polylm", prompt="The cat", max_tokens=5, temperature=0, n=2)
-    assert len(c.choices) == 2 and c.choices[0].text == c.choices[1].text
-    s = client.completions.create(model="polylm", prompt="The cat", max_tokens=5, temperature=0, stream=True)
-    assert "".join(x.choices[0].text for x in s) == c.choices[0].text
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="polylm", messages=HI, temperature=5)
-    with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=server.url, api_key="wrong", max_retries=0).models.list()
+def test_device_cuda_without_cuda_is_one_line(capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for main in (chat.main, chat_server.main):
+        with pytest.raises(SystemExit) as e:
+            main(["--device=cuda", f"--ckpt={tmp_path}"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: device=cuda") and "no CUDA" in err and err.count("\n") == 1

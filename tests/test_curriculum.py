@@ -145,3 +145,17 @@ def test_plot_and_compare_from_metrics(tmp_path):
     table = curriculum.compare_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "ablation.png")
     assert "| a (polylm) | 2.000 | 3.000 | 2.500 |" in table and "| b (none) | 2.000 | 3.500 |" in table
     assert (tmp_path / "ablation.png").exists()
+
+
+def test_a_seed_changes_where_every_source_starts_reading_the_same_on_every_rank():
+    streams = {"en": np.arange(10_000), "th": np.arange(10_000, 13_000)}
+    (st,) = make_schedule("x", {"sources": {n: {"kind": "mono", "lang": n, "train": {"tokens": len(v)}}
+                                            for n, v in streams.items()}}, stages=[{"frac": 1, "non_en": 0.5}])
+    first = lambda seed, **kw: Mixer(streams, [st], 40, 8, seed=seed, **kw).next_batch(4)[0]   # noqa: E731
+    assert (first(1) == first(1)).all() and not (first(1) == first(2)).all()
+    assert (first(None)[0] == np.arange(8)).all()                      # no seed: from the start, as before
+    m = Mixer(streams, [st], 40, 8, seed=7)
+    assert 0 <= m.start["en"] < 10_000 - 8 and m.start != Mixer(streams, [st], 40, 8, seed=8).start
+    one = Mixer(streams, [st], 40, 8, seed=3).next_batch(4)[0]
+    two = [Mixer(streams, [st], 40, 8, seed=3, rank=r, world_size=2).next_batch(2)[0] for r in (0, 1)]
+    assert (np.stack([two[0][0], two[1][0], two[0][1], two[1][1]]) == one).all()

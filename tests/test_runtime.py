@@ -59,15 +59,28 @@ def test_out_dir_rules(tmp_path):
     (tmp_path / "run" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not a run dir"):
         runtime.check_out_dir(cfg)
-    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(ValueError, match="--resume=auto, or start over with --overwrite=True"):
-        runtime.check_out_dir(cfg)
     assert runtime.check_out_dir(dataclasses.replace(cfg, overwrite=True)) is None
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    assert runtime.check_out_dir(cfg) is None                         # a run dir: a fresh run may replace it
     with pytest.raises(ValueError, match="is init_from"):
         runtime.check_out_dir(cfg, init_from=str(tmp_path / "run"))
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         runtime.check_out_dir(dataclasses.replace(cfg, out_dir=str(tmp_path / "file")))
+
+
+def test_a_replaced_run_is_kept_until_the_new_one_has_a_checkpoint(tmp_path):
+    run, logs = tmp_path / "run", []
+    cfg = runtime.RunConfig(out_dir=str(run))
+    _fake_checkpoint(run, 10, b"old run")
+    runtime.claim_out_dir(cfg, runtime.Dist(), logs.append)
+    assert (run / "ckpt.replaced" / "ckpt" / "step_000010" / "model.pt").read_bytes() == b"old run"
+    (run / "ckpt").mkdir()                                             # the new run dies before its first save
+    runtime.claim_out_dir(cfg, runtime.Dist(), logs.append)           # and a third start must not lose the old run
+    assert (run / "ckpt.replaced" / "ckpt" / "step_000010" / "model.pt").read_bytes() == b"old run"
+    _fake_checkpoint(run, 5, b"new run")
+    runtime.release_replaced(cfg, runtime.Dist())
+    assert not (run / "ckpt.replaced").exists() and (run / "ckpt" / "step_000005").is_dir()
 
 
 def test_metrics_flatten_nested_scalars(tmp_path):
@@ -110,3 +123,13 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     with pytest.raises(CheckpointError, match="wrong size"):
         verify_checkpoint(old)
     assert latest_checkpoint(tmp_path, warn=warned.append) is None
+
+
+def test_live_metrics_to_wandb_offline_when_installed(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    m = runtime.Metrics(tmp_path, runtime.Dist(), "wandb", config={"lr": 1e-3})
+    m.write({"step": 1, "loss": 2.0, "val_bpb": {"en": 3.0}})
+    m.close()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))           # written locally, nothing uploaded

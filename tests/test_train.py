@@ -119,3 +119,33 @@ def test_init_from_continues_from_another_runs_weights(trained, tiny_data_dir):
                          learning_rate=1e-4, min_lr=1e-4, eval_interval=5))
     first_cont = [r["loss"] for r in metrics(work / "cont") if "loss" in r][0]
     assert abs(first_cont - last) < 0.5 < first_fresh - first_cont
+
+
+def test_nothing_of_a_previous_run_is_lost_to_a_bad_setting(trained, tiny_data_dir):
+    cfg, _, work = trained
+    run = work / "run"
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    bad = [dict(preset="bogus"), dict(curriculum="bogus"), dict(vocab_size=10), dict(n_head=3),
+           dict(eval_interval=0), dict(max_iters=-1), dict(grad_accum=0), dict(block_size=100000),
+           dict(tokenizer_dir=str(work / "missing")), dict(init_from=str(run)), dict(data_dir=str(work / "nodata"))]
+    for kw in bad:
+        with pytest.raises((ValueError, FileNotFoundError)):
+            train.train(tiny_cfg(kw.pop("data_dir", tiny_data_dir), run, overwrite=True, **kw))
+    with pytest.raises(ValueError, match="does not fit this model"):        # resume with another shape
+        train.train(tiny_cfg(tiny_data_dir, run, n_layer=3, resume="auto"))
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before                                                  # config.json included
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_on_resume(tiny_data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    train.train(tiny_cfg(tiny_data_dir, run, max_iters=20, eval_interval=10, keep_ckpts=2))
+    (run / "ckpt" / "step_000020" / "model.pt").write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="step_000020.*using an older checkpoint"):
+        assert load_model(run).cfg.n_layer == 2                            # evaluate/chat/export fall back too
+    with pytest.warns(UserWarning, match="using an older checkpoint"):
+        train.train(tiny_cfg(tiny_data_dir, run, max_iters=20, eval_interval=10, resume="auto"))
+    steps = [r["step"] for r in metrics(run) if "loss" in r]
+    assert steps == [5, 10, 15, 20, 15, 20]                                # resumed at 10, not at the damaged 20
+    assert load_model(run) is not None and (run / "ckpt" / "latest").read_text() == "step_000020"
