@@ -416,7 +416,7 @@ class BadSteps:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _crc_files(folder, names):
+def crc_files(folder, names):
     """{relative name: {"bytes", "crc32"}} of files under folder."""
     out = {}
     for name in names:
@@ -459,7 +459,7 @@ def save_checkpoint(out_dir, step, model, optimizer, sampler, d, cfg):
         torch.save(optimizer.state_dict(), tmp / "optim.pt")
     barrier(d)
     local = {"sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state().tolist(),
-             "files": _crc_files(tmp, mine)}
+             "files": crc_files(tmp, mine)}
     states = [None] * d.world_size
     if d.world_size > 1:
         dist.all_gather_object(states, local)
@@ -470,7 +470,7 @@ def save_checkpoint(out_dir, step, model, optimizer, sampler, d, cfg):
         for st in states:
             files.update(st.pop("files"))
         own = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
-        files.update(_crc_files(tmp, [n for n in own if n not in files]))
+        files.update(crc_files(tmp, [n for n in own if n not in files]))
         atomic_write_json(tmp / "state.json", {"step": step, "world_size": d.world_size, "ranks": states,
                                                "files": files}, indent=None)
         if os.environ.get("POLYLM_CKPT_DELAY"):          # test hook: widen the window for a kill -9 test
@@ -534,7 +534,7 @@ def consolidate_checkpoint(path):
     tmp.unlink()
     state = json.loads((path / "state.json").read_text())
     if "files" in state:                                   # list the new file, so it is verified like the others
-        state["files"].update(_crc_files(path, ["model.pt"]))
+        state["files"].update(crc_files(path, ["model.pt"]))
         atomic_write_json(path / "state.json", state, indent=None)
     return path / "model.pt"
 

@@ -1,13 +1,9 @@
 """Benchmarks for the data pipeline (PolyLM paper §3, pre-training data; results: docs/BENCHMARKS.md (data section)).
 
-    .venv/bin/pip install py3langid          # bench only: the off-the-shelf LID to compare with
     .venv/bin/python bench/bench_data.py [--only=stages,tokenize,minhash,scale] [--bench_mono=/work/shared/data/mono]
     .venv/bin/python bench/bench_data.py --only=scale --scale_mb=400     # the scale section alone (~25 min, 2 cores)
 
-Sections:
-  lid       our LID vs py3langid (langid.py's model restricted to the 18 languages) on the same held-out sentences:
-            --per_lang lines per language of --bench_mono that are NOT in data/sample (the training data);
-            accuracy per language, by length, the confusion pairs, sentences/s and MB/s (1 process).
+Sections (language identification has its own benchmark: bench/bench_lid.py):
   stages    MB/s of every stage on the bundled sample (pipeline.prepare with all stages, 1 worker process).
   tokenize  end-to-end (read -> split -> tokenize -> shards -> manifest, pipeline.prepare, 1 process) vs raw tiktoken
             encode_ordinary of the same documents already in memory, same tokenizer, 1 thread.
@@ -44,60 +40,6 @@ import pipeline  # noqa: E402
 from config import cpu_name  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
-
-
-def bench_sentences(mono, per_lang, seed=0):
-    """{lang: lines} of mono/<lang>.txt not in the sample (never seen by the LID model), shuffled, per_lang each."""
-    out = {}
-    for lang in lid.LANGS:
-        seen = set((SAMPLE / "mono" / f"{lang}.txt").read_text().splitlines())
-        lines = [x for x in Path(mono, f"{lang}.txt").read_text().splitlines() if x.strip() and x not in seen]
-        random.Random(seed).shuffle(lines)
-        out[lang] = lines[:per_lang]
-    return out
-
-
-def run_lid(args):
-    sents = bench_sentences(args.bench_mono, args.per_lang)
-    texts = [t for v in sents.values() for t in v]
-    gold = [lang for lang, v in sents.items() for _ in v]
-    nbytes = sum(len(t.encode()) for t in texts)
-    model = lid.LanguageIdentifier.load()
-    systems = {"ours": lambda ts: model.predict(ts)}
-    try:
-        import py3langid.langid as pl
-        pl.set_languages(lid.LANGS)
-        systems["py3langid"] = lambda ts: [pl.classify(t)[0] for t in ts]
-    except ImportError:
-        print("py3langid not installed: pip install py3langid (bench only)")
-    preds = {}
-    print(f"\n## LID: {len(texts):,} held-out sentences ({nbytes / 1e6:.2f} MB), {args.per_lang} per language\n")
-    print("| system | mean acc | min acc | sentences/s | MB/s |\n|---|---:|---:|---:|---:|")
-    for name, fn in systems.items():
-        t0 = time.perf_counter()
-        p = fn(texts)
-        dt = time.perf_counter() - t0
-        preds[name] = p
-        acc = {lang: np.mean([a == lang for a, g in zip(p, gold) if g == lang]) for lang in lid.LANGS}
-        print(f"| {name} | {100 * np.mean(list(acc.values())):.2f}% | {100 * min(acc.values()):.2f}% "
-              f"({min(acc, key=acc.get)}) | {len(texts) / dt:,.0f} | {nbytes / dt / 1e6:.2f} |")
-    print("\n| lang | " + " | ".join(preds) + " |\n|---|" + "---:|" * len(preds))
-    for lang in lid.LANGS:
-        print(f"| {lang} | " + " | ".join(f"{100 * np.mean([a == lang for a, g in zip(p, gold) if g == lang]):.1f}"
-                                         for p in preds.values()) + " |")
-    lens = np.array([len(t) for t in texts])
-    print("\n| length (chars) | sentences | " + " | ".join(preds) + " |\n|---|---:|" + "---:|" * len(preds))
-    for lo, hi in ((0, 20), (20, 50), (50, 100), (100, 10**9)):
-        m = (lens >= lo) & (lens < hi)
-        print(f"| {lo}-{hi if hi < 10**9 else ''} | {m.sum():,} | " +
-              " | ".join(f"{100 * np.mean(np.array(p)[m] == np.array(gold)[m]):.2f}%" for p in preds.values()) + " |")
-    for name, p in preds.items():
-        conf = {}
-        for a, g in zip(p, gold):
-            if a != g:
-                conf[(g, a)] = conf.get((g, a), 0) + 1
-        top = sorted(conf.items(), key=lambda x: -x[1])[:12]
-        print(f"\n{name} confusions (true->predicted: count): " + ", ".join(f"{g}->{a} {c}" for (g, a), c in top))
 
 
 def encoder(args):
@@ -402,7 +344,6 @@ def run_scale(args):
 class BenchConfig:
     only: str = "stages,tokenize,minhash,scale"  # sections to run, comma-separated
     bench_mono: str = "/work/shared/data/mono"  # 18 x <lang>.txt of real text (the shared bundle's mono/)
-    per_lang: int = 1000                 # lid section: held-out lines per language
     tokenizer: str = ""                  # a bpe.py tokenizer dir ('' = cl100k_base via bpe.py)
     repeats: int = 3                     # tokenize section: rounds (best of)
     scale_mb: int = 400                  # scale section: size of the synthetic corpus
@@ -411,7 +352,7 @@ class BenchConfig:
 
 def bench(cfg):
     for name in cfg.only.split(","):
-        {"lid": run_lid, "stages": run_stages, "tokenize": run_tokenize, "minhash": run_minhash,
+        {"stages": run_stages, "tokenize": run_tokenize, "minhash": run_minhash,
          "scale": run_scale}[name](cfg)
 
 

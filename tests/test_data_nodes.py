@@ -28,9 +28,14 @@ def build_corpus(root):
     greek = ["Η Ελλάδα είναι μια χώρα στη νοτιοανατολική Ευρώπη με μακρά ιστορία.",
              "Σήμερα ο καιρός είναι πολύ καλός και πηγαίνουμε στη θάλασσα."]
     hindi = ["भारत दक्षिण एशिया में स्थित एक विशाल देश है जिसकी संस्कृति बहुत पुरानी है।"]
+    neighbours = [                                                     # the neighbour languages LID must reject
+        "Київ є столицею та найбільшим містом України, розташованим на річці Дніпро.",        # Ukrainian, not ru
+        "Barcelona és la capital de Catalunya i una de les ciutats més visitades d'Europa.",   # Catalan, not es
+        "Afrikaans is een van die amptelike tale van Suid-Afrika en word deur miljoene gepraat.",  # Afrikaans, not nl
+    ]
     fw = root / "fineweb2" / "data" / "deu_Latn" / "train"             # FineWeb-2: <iso639-3>_<Script>/train/*.parquet
     fw.mkdir(parents=True)
-    rows = de[:100] + greek + [de[7], None]                             # planted: Greek, an exact duplicate, a null
+    rows = de[:100] + greek + neighbours + [de[7], None]              # planted: Greek, neighbours, a copy, a null
     pq.write_table(pa.table({"text": rows, "id": [str(i) for i in range(len(rows))]}), fw / "000_00000.parquet",
                    row_group_size=16)
     uk = root / "fineweb2" / "data" / "ukr_Cyrl" / "train"              # outside the 18: skipped unread
@@ -102,7 +107,7 @@ def test_what_was_dropped_and_why(built):
     w, stdout = built
     m = json.loads((w / "one" / "manifest.json").read_text())
     by, counts = m["stats"]["by_lang"], m["stats"]["counts"]
-    assert by["de"]["removed:lid_other"] == 2                           # Greek inside the German parquet
+    assert by["de"]["removed:lid_other"] == 5                           # Greek, uk, ca, af inside the German parquet
     assert by["ja"]["removed:lid_other"] == 1                           # Hindi inside the Japanese mC4 file
     assert by["de"]["removed:dedup_exact"] == 1 and by["th"]["removed:dedup_exact"] == 1
     assert by["en"]["removed:dedup_exact"] == 1 and by["en"]["removed:dedup_near"] == 1

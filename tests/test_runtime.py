@@ -103,7 +103,7 @@ def _fake_checkpoint(run, step, payload):
     d = run / "ckpt" / f"step_{step:06d}"
     d.mkdir(parents=True)
     (d / "model.pt").write_bytes(payload)
-    files = runtime._crc_files(d, ["model.pt"])
+    files = runtime.crc_files(d, ["model.pt"])
     (d / "state.json").write_text(json.dumps({"step": step, "world_size": 1, "ranks": [], "files": files}))
     (run / "ckpt" / "latest").write_text(d.name)
     return d
