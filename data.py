@@ -9,7 +9,8 @@ reads top to bottom in this order:
                  language a path declares (FineWeb-2 deu_Latn/, mC4 c4-ja.*, CulturaX, OSCAR, MADLAD, <lang>.txt)
     lid.py       language identification for the 18 languages, with "other" for everything else
     filters.py   rule filters (Gopher/C4), the quality model (CCNet-style), MinHash-LSH de-duplication
-    pipeline.py  units of work, phases (units -> dedup -> tokenize -> finish), machines, resuming, DataConfig
+    workunits.py units of work (a file, a byte range, row groups) and what a worker does with one, crash-safely
+    pipeline.py  the phases (units -> dedup -> tokenize -> finish) on one machine or N, resuming, DataConfig
     shards.py    the output: token shards with CRC-checked blocks, manifest.json, the train/val split
 
 One machine (all phases, one worker process per core):
@@ -34,6 +35,7 @@ import sys
 import corpus
 import lid
 import pipeline
+import workunits
 import shards
 from config import run_cli
 from pipeline import DataConfig
@@ -75,7 +77,7 @@ def run(cfg: DataConfig):
                                    "--stages to write filtered text (<lang>.<split>.jsonl)")
         import bpe
         enc, tok_hash = bpe.load(cfg.tokenizer), bpe.tokenizer_hash(cfg.tokenizer)
-    units, skipped = pipeline.plan_units([p for p in cfg.input.split(",") if p], int(cfg.chunk_mb * 2**20), cfg.txt_docs,
+    units, skipped = workunits.plan_units([p for p in cfg.input.split(",") if p], int(cfg.chunk_mb * 2**20), cfg.txt_docs,
                                          cfg.include_noisy)
     if skipped:
         by = {}

@@ -1,7 +1,8 @@
 """PolyLM's data pipeline, from raw web text to token shards, on one box or many (PolyLM paper §3, "Pre-training data":
 language identification, rule-based filtering, a model-based quality filter and MinHash-LSH de-duplication remove
 about 28% of the text; then the 256K BPE tokenizer). data.py is the command line; corpus.py reads the inputs,
-lid.py and filters.py hold the models and rules, shards.py the output format.
+workunits.py cuts them into units of work and does one unit's work in a worker process, lid.py and filters.py hold the
+models and rules, shards.py the output format. This file runs the phases.
 
 How a run is organised: PHASES, each a set of independent tasks, so that N machines can share them
   plan      the inputs become units of work, the same on every machine: a file; a ~64 MB byte range of a big plain
@@ -37,9 +38,7 @@ Memory does not grow with the corpus except for the dedup index: on disk ~780 by
 128 x 4, band keys 32 x 8, exact key 8, flags); in memory at most ~40 bytes per document in a band task or in the
 final drop computation (docs/BENCHMARKS.md, data section).
 """
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -56,8 +55,9 @@ import corpus
 import filters
 import lid
 import shards
+import workunits
 from corpus import DataError
-from common import LANGS
+from common import LANGS, atomic_write_json
 
 STAGES = ("lid", "rules", "quality", "dedup", "tokenize")
 PHASES = ("all", "units", "dedup", "tokenize", "finish")
@@ -134,101 +134,6 @@ def resolve_nodes(cfg):
     return nodes, rank
 
 
-# ----------------------------------------------------------------------------- plan: inputs -> units of work
-
-@dataclasses.dataclass(frozen=True)
-class Unit:
-    """One piece of work: a file, a byte range of a plain file, or row groups [start, end) of a parquet file.
-    lang: declared by the path (None: LID decides); source: the output name (None: the document's language);
-    key: the unit's identity (path, range, size, mtime), the name of its files in the work dir."""
-    path: str
-    kind: str = "mono"                  # mono | bilingual
-    lang: str = None
-    source: str = None
-    start: int = 0
-    end: int = None
-    key: str = ""
-
-
-def make_unit(path, kind="mono", lang=None, source=None, start=0, end=None):
-    st = os.stat(path)
-    key = hashlib.sha1(f"{path}|{start}|{end}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return Unit(str(path), kind, lang, source, start, end, key)
-
-
-def plan_units(inputs, chunk_bytes=64 << 20, txt_docs="line", include_noisy=False):
-    """(units, skipped) for files and directories (searched recursively, sorted). skipped: [(path, reason, bytes)]
-    for files not read: a language outside the 18 in the path, MADLAD noisy / FineWeb-2 removed splits, and
-    non-data files found in directories (README.md, .gitattributes, ...). Big plain files are cut into ranges of
-    about chunk_bytes at document boundaries, parquet files into groups of row groups."""
-    files, skipped = [], []
-    for inp in inputs:
-        p = Path(inp)
-        if p.is_dir():
-            for q in sorted(q for q in p.rglob("*") if q.is_file()):
-                if corpus.is_data_file(q):
-                    corpus.file_format(q)                              # unknown format: an error naming it
-                    files.append((q, p))
-                else:
-                    skipped.append((str(q), "not_data", q.stat().st_size))
-        elif p.is_file():
-            corpus.file_format(p)
-            files.append((p, None))
-        else:
-            raise DataError(f"input {inp!r} not found: give files or directories ({corpus.ACCEPTED})")
-    units = []
-    for f, root in files:
-        fmt, comp = corpus.file_format(f)
-        size = f.stat().st_size
-        if fmt == "tsv":
-            xx = corpus.tsv_lang(f)
-            units.append(make_unit(f, "bilingual", xx, "bi." + f.name.split(".")[0]))
-            continue
-        lang, skip = corpus.lang_from_path(f, root)
-        if skip and not (include_noisy and skip in ("noisy", "removed")):
-            skipped.append((str(f), skip, size))
-            continue
-        if lang == "other":
-            skipped.append((str(f), "other_lang", size))
-            continue
-        if fmt == "parquet":
-            n, sizes = corpus.parquet_row_groups(f)
-            cuts, acc = [0], 0
-            for i, s in enumerate(sizes[:-1]):
-                acc += s
-                if chunk_bytes and acc >= chunk_bytes:
-                    cuts.append(i + 1)
-                    acc = 0
-            units += [make_unit(f, "mono", lang, None, a, b) for a, b in zip(cuts, cuts[1:] + [n])] if n else []
-        elif not comp and chunk_bytes and size > chunk_bytes:
-            cuts = _cut_points(f, chunk_bytes, blank=txt_docs == "blank" and fmt == "txt")
-            units += [make_unit(f, "mono", lang, None, s, e) for s, e in zip(cuts, cuts[1:] + [None])]
-        else:
-            units.append(make_unit(f, "mono", lang))
-    if not units:
-        why = f" ({len(skipped)} files skipped: {Counter(r for _, r, _ in skipped)})" if skipped else ""
-        raise DataError(f"no data files in {', '.join(map(str, inputs))}{why} ({corpus.ACCEPTED})")
-    return units, skipped
-
-
-def _cut_points(path, chunk_bytes, blank=False):
-    """[0, c1, c2, ...]: offsets about chunk_bytes apart in a plain file where a document starts: the start of a
-    line, or with blank-line separated documents the start of the line after a blank one."""
-    cuts = [0]
-    with open(path, "rb") as f:
-        while True:
-            f.seek(cuts[-1] + chunk_bytes)
-            line = f.readline()                                        # the rest of the line we landed in
-            if blank and line:
-                line = f.readline()
-                while line and line.strip():                           # whole lines up to a blank one
-                    line = f.readline()
-            pos = f.tell()
-            if not line or not f.read(1):                              # nothing after the cut: the last range
-                return cuts
-            cuts.append(pos)
-
-
 def sampled_fingerprint(paths, samples=8, block=1 << 16):
     """A cheap identity of input files: name, size and a hash of `samples` evenly spaced 64 KB blocks (first and last
     included) of each, so a start-up never reads whole files (a 400 MB data_dir costs ~1 ms per file, not seconds).
@@ -244,396 +149,6 @@ def sampled_fingerprint(paths, samples=8, block=1 << 16):
     return h.hexdigest()
 
 
-# ----------------------------------------------------------------------------- one unit's work (worker processes)
-
-_CTX = {}                                                               # per process: settings and loaded models
-
-
-def _init_worker(ctx):
-    _CTX.clear()
-    _CTX.update(ctx)
-
-
-def _model(name, stats):
-    """The LID or quality model, loaded once per process (load time booked apart from the stage's time)."""
-    if name not in _CTX:
-        t0 = time.perf_counter()
-        _CTX[name] = (lid.LanguageIdentifier.load(_CTX["lid_model"]) if name == "lid"
-                      else filters.QualityModel.load(_CTX["quality_model"]))
-        stats["seconds"]["load_models"] += time.perf_counter() - t0
-    return _CTX[name]
-
-
-def _new_stats():
-    return {"by_lang": defaultdict(Counter), "counts": Counter(), "seconds": Counter(), "bytes": Counter()}
-
-
-def _stats_json(stats):
-    return {"by_lang": {k: dict(v) for k, v in stats["by_lang"].items()}, "counts": dict(stats["counts"]),
-            "seconds": dict(stats["seconds"]), "bytes": dict(stats["bytes"])}
-
-
-def _merge_stats(total, s):
-    for lang, c in s["by_lang"].items():
-        total["by_lang"][lang].update(c)
-    for k in ("counts", "seconds", "bytes"):
-        total[k].update(s[k])
-
-
-def _batches(unit, ctx, stats, batch_bytes=4 << 20):
-    """Lists of (text, declared lang, utf-8 bytes) of about batch_bytes; reading time is booked under "read". The
-    byte count is taken once here and carried along (the stats of every stage need it). A unit in which every record
-    is bad is an error naming the file and the field looked for."""
-    it = corpus.read_records(unit.path, ctx["txt_docs"], unit.start, unit.end, stats["counts"], ctx["text_field"],
-                             ctx["lang_field"])
-    good = 0
-    while True:
-        t, batch, size = time.perf_counter(), [], 0
-        for text, label in it:
-            n = len(text.encode("utf-8", "surrogatepass"))
-            batch.append((text, label or unit.lang, n))
-            size += n
-            if size >= batch_bytes:
-                break
-        stats["seconds"]["read"] += time.perf_counter() - t
-        stats["bytes"]["read"] += size
-        good += len(batch)
-        if not batch:
-            bad = {k: v for k, v in stats["counts"].items() if k.startswith("bad_record:")}
-            if not good and bad:
-                field = ctx["text_field"] or "'text' (or 'content')"
-                raise DataError(f"{unit.path}: no usable record, looked for the {field} field ({bad}); set "
-                                f"--text_field (and check the file is what you think)")
-            return
-        yield batch
-
-
-def _filter_batch(batch, unit, ctx, stats):
-    """The per-document stages on one batch of (text, declared lang, bytes): the kept documents in the same form
-    (lang now always set), counts booked per language."""
-    stages, by_lang = ctx["stages"], stats["by_lang"]
-    if unit.kind != "mono":                                            # parallel pairs: only tokenized
-        c = by_lang[unit.source]
-        c["docs"] += len(batch)
-        c["bytes"] += sum(n for _, _, n in batch)
-        return batch
-
-    def timed(stage, fn, docs):
-        t0 = time.perf_counter()
-        stats["bytes"][stage] += sum(n for _, _, n in docs)
-        out = fn()
-        stats["seconds"][stage] += time.perf_counter() - t0
-        return out
-
-    pred = timed("lid", lambda: _model("lid", stats).predict([t for t, _, _ in batch]), batch) \
-        if "lid" in stages else [None] * len(batch)
-    docs = []
-    for (text, declared, n), p in zip(batch, pred):
-        lang = declared or p or "other"                                # booked under this
-        c = by_lang[lang]
-        c["docs"] += 1
-        c["bytes"] += n
-        if declared == "other":
-            c["removed:declared_other"] += 1                           # a record labelled outside the 18
-        elif p == "other":
-            c["removed:lid_other"] += 1
-        elif p and declared and p != declared:
-            c["removed:lid_mismatch"] += 1
-        elif lang == "other":
-            c["removed:no_language"] += 1                              # no LID stage and nothing declared
-        else:
-            docs.append((text, lang, n))
-    if "rules" in stages:
-        rules = filters.RuleConfig(**ctx["rules"])
-
-        def run_rules():
-            out = []
-            for text, lang, n in docs:
-                t2, why = filters.apply_rules(text, lang, rules)
-                if why:
-                    by_lang[lang]["removed:rules:" + why] += 1
-                else:                                                  # rules may drop boilerplate lines
-                    out.append((t2, lang, n if t2 is text else len(t2.encode("utf-8", "surrogatepass"))))
-            return out
-        docs = timed("rules", run_rules, docs)
-    if "quality" in stages and docs:
-        keep, _ = timed("quality", lambda: _model("quality", stats).keep([t for t, _, _ in docs],
-                                                                          [lang for _, lang, _ in docs]), docs)
-        for (_, lang, _), k in zip(docs, keep):
-            if not k:
-                by_lang[lang]["removed:quality"] += 1
-        docs = [d for d, k in zip(docs, keep) if k]
-    return docs
-
-
-def _tmp_path(path):
-    """A unique temporary sibling of path (pid + random): two processes never write the same temporary file."""
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.tmp{os.getpid()}-")
-    os.close(fd)
-    return Path(tmp)
-
-
-def _fsync(path):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def write_json(path, obj):
-    """Atomic, durable JSON: a unique temporary file, fsynced, renamed into place."""
-    tmp = _tmp_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_marker(path, files, **extra):
-    """The marker of a finished piece of work, listing its output files and their sizes (written last)."""
-    write_json(path, {"files": {Path(f).name: os.path.getsize(f) for f in files}, **extra})
-
-
-def read_marker(path):
-    """A marker whose files all exist with the recorded sizes, or None (missing, half-written, or not matching)."""
-    try:
-        m = json.loads(Path(path).read_text(encoding="utf-8"))
-        if all(os.path.getsize(Path(path).parent / f) == n for f, n in m["files"].items()):
-            return m
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
-@contextlib.contextmanager
-def locked(work, name):
-    """An exclusive lock (flock) on work/locks/<name>.lock for the duration: one process at a time per unit."""
-    d = Path(work) / "locks"
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / f"{name}.lock", "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _clear_stale(folder, key):
-    """Temporary files of one unit that a killed process left (call only while holding the unit's lock)."""
-    for tmp in Path(folder).glob(f".{key}.*.tmp*"):
-        tmp.unlink(missing_ok=True)
-
-
-class _Parts:
-    """Per (source, split) output of one unit: token shards (or JSONL text without the tokenize stage)."""
-
-    def __init__(self, unit, ctx, folder):
-        self.unit, self.ctx, self.folder = unit, ctx, Path(folder)     # files <folder>/<key>.<source>.<split>.bin
-        self.writers, self.counts = {}, defaultdict(Counter)
-        self.tokenize = "tokenize" in ctx["stages"]
-
-    def add(self, docs, stats):
-        """docs: [(text, lang, bytes)] in order; grouped by (source, split) keeping the order inside each group."""
-        groups = defaultdict(list)
-        keys = [t for t, _, _ in docs] if self.unit.kind == "mono" else \
-            [shards.split_key("bilingual", t) for t, _, _ in docs]
-        for (text, lang, n), val in zip(docs, shards.val_mask(keys, self.ctx["val_frac"])):
-            groups[(self.unit.source or lang, "val" if val else "train")].append((text, n))
-        for (source, split), group in groups.items():
-            texts = [t for t, _ in group]
-            c = self.counts[f"{source}.{split}"]
-            c["docs"] += len(texts)
-            nbytes = sum(n for _, n in group)
-            c["bytes"] += nbytes
-            w = self._writer(source, split)
-            if self.tokenize:
-                t0 = time.perf_counter()
-                tokens = shards.encode_documents(self.ctx["enc"], texts)
-                stats["seconds"]["tokenize"] += time.perf_counter() - t0
-                stats["bytes"]["tokenize"] += nbytes
-                w.write(tokens)
-                c["tokens"] += int(tokens.size)
-            else:
-                lang = self.unit.lang or (source if source in LANGS else None)
-                w.write("".join(json.dumps({"text": t, "lang": lang}, ensure_ascii=False) + "\n"
-                                for t in texts).encode("utf-8", "surrogatepass"))
-
-    def _writer(self, source, split):
-        key = (source, split)
-        if key not in self.writers:
-            path = self.folder / f"{self.unit.key}.{source}.{split}{'.bin' if self.tokenize else '.jsonl'}"
-            self.writers[key] = shards.ShardWriter(path, self.ctx["tokenizer_hash"], self.ctx["vocab_size"]) \
-                if self.tokenize else _TextWriter(path)
-        return self.writers[key]
-
-    def close(self):
-        """Close every part (fsynced, renamed into place); -> (their paths, counts per "source.split")."""
-        for w in self.writers.values():
-            w.close()
-        return [w.path for w in self.writers.values()], {k: dict(v) for k, v in self.counts.items()}
-
-
-class _TextWriter:
-    def __init__(self, path):
-        self.path = Path(path)
-        self.tmp = _tmp_path(path)
-        self.f = open(self.tmp, "wb")
-
-    def write(self, data):
-        self.f.write(data)
-
-    def close(self):
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
-
-
-def _dedup_arrays(docs, ctx, stats):
-    """Exact keys, MinHash signatures, LSH band keys and has-letters flags of the kept documents of a batch."""
-    t0 = time.perf_counter()
-    texts, langs = [t for t, _, _ in docs], [lang for _, lang, _ in docs]
-    exact = np.array([filters.exact_key(t) for t in texts], dtype=np.uint64)
-    sig = filters.minhash_signatures(texts, langs, ctx["num_perm"], 0, ctx["shingle_words"], ctx["shingle_chars"])
-    stats["seconds"]["minhash"] += time.perf_counter() - t0
-    stats["bytes"]["minhash"] += sum(n for _, _, n in docs)
-    return {"exact": exact, "sig": sig, "bands": filters.band_keys(sig, ctx["bands"]),
-            "live": ~(sig == 0xFFFFFFFF).all(axis=1),                 # a text without letters is nobody's duplicate
-            "lang": np.array([LANGS.index(x) for x in langs], dtype=np.uint8)}
-
-
-_EMPTY = {"exact": ((0,), np.uint64), "sig": None, "bands": None, "live": ((0,), bool), "lang": ((0,), np.uint8)}
-
-
-def run_unit(task):
-    """Worker entry point. task = (phase, unit, arg). Phases:
-    "fused": read -> filters -> tokenize (no dedup stage); "filter": read -> filters -> kept docs + dedup arrays;
-    "tokenize": the kept docs of "filter" minus the duplicates (arg: offset of the unit's first document in the
-    global index) -> part shards; "band": arg = band number -> its near-duplicate pairs."""
-    phase, unit, arg = task
-    ctx, work = _CTX, Path(_CTX["work"])
-    if os.environ.get("POLYLM_UNIT_DELAY"):                           # test hook: widen the window for kill -9 tests
-        time.sleep(float(os.environ["POLYLM_UNIT_DELAY"]))
-    if phase == "band":
-        return _run_band(arg, work, ctx)
-    folder = work / ("units" if phase == "filter" else "parts")
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / f"{unit.key}.json"
-    with locked(work, unit.key if phase != "tokenize" else unit.key + ".tok"):
-        if read_marker(marker):                                        # done, perhaps by an orphan of a killed run
-            return unit.key
-        _clear_stale(folder, unit.key)
-        stats = _new_stats()
-        if phase == "filter":
-            files, n = _filter_unit(unit, ctx, stats, folder)
-            _write_marker(marker, files, unit=dataclasses.asdict(unit), n_docs=n, stats=_stats_json(stats))
-            return unit.key
-        parts = _Parts(unit, ctx, folder)
-        if phase == "fused":
-            for batch in _batches(unit, ctx, stats):
-                parts.add(_filter_batch(batch, unit, ctx, stats), stats)
-        else:
-            drops = np.load(work / "dedup" / "drops.npy", mmap_mode="r")
-            base = work / "units" / unit.key
-            with open(f"{base}.docs.jsonl", encoding="utf-8") as f:
-                docs = [(r["t"], r["l"], len(r["t"].encode("utf-8", "surrogatepass"))) for r in map(json.loads, f)]
-            mine = drops[arg:arg + len(docs)]
-            parts.add([d for d, dropped in zip(docs, mine) if not dropped], stats)
-        files, counts = parts.close()
-        _write_marker(marker, files, unit=dataclasses.asdict(unit), parts=counts, stats=_stats_json(stats))
-        return unit.key
-
-
-def _filter_unit(unit, ctx, stats, folder):
-    """The "filter" phase of one unit: kept documents (JSON lines) and their dedup arrays (.npy), all fsynced."""
-    base = folder / unit.key
-    arrays, n = defaultdict(list), 0
-    docs_path = Path(f"{base}.docs.jsonl")
-    w = _TextWriter(docs_path)
-    for batch in _batches(unit, ctx, stats):
-        docs = _filter_batch(batch, unit, ctx, stats)
-        w.write("".join(json.dumps({"t": t, "l": lang}, ensure_ascii=False) + "\n"
-                        for t, lang, _ in docs).encode("utf-8", "surrogatepass"))
-        for k, v in _dedup_arrays(docs, ctx, stats).items():
-            arrays[k].append(v)
-        n += len(docs)
-    w.close()
-    files = [docs_path]
-    shapes = {"sig": ((0, ctx["num_perm"]), np.uint32), "bands": ((0, ctx["bands"]), np.uint64)}
-    for name, (shape, dtype) in {**_EMPTY, **shapes}.items():
-        arr = np.concatenate(arrays[name]) if arrays[name] else np.zeros(shape, dtype=dtype)
-        path = Path(f"{base}.{name}.npy")
-        tmp = _tmp_path(path)
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        files.append(path)
-    return files, n
-
-
-def _run_band(band, work, ctx):
-    """One LSH band over all units' documents: its near-duplicate pairs (global document indices) -> dedup/."""
-    out = work / "dedup" / f"band_{band:04d}.npy"
-    with locked(work, f"band_{band:04d}"):
-        marker = out.with_suffix(".json")
-        if read_marker(marker):
-            return band
-        t0 = time.perf_counter()
-        base = [work / "units" / k for k in ctx["mono_keys"]]
-        keys = np.concatenate([np.load(f"{b}.bands.npy", mmap_mode="r")[:, band] for b in base] or
-                              [np.zeros(0, np.uint64)])
-        live = np.concatenate([np.load(f"{b}.live.npy") for b in base] or [np.zeros(0, bool)])
-        sigs = [np.load(f"{b}.sig.npy", mmap_mode="r") for b in base]
-        offsets = np.cumsum([0] + [len(s) for s in sigs])
-
-        def get_sig(idx):
-            u = np.searchsorted(offsets, idx, side="right") - 1
-            sig = np.zeros((len(idx), ctx["num_perm"]), dtype=np.uint32)
-            for k in np.unique(u):
-                m = u == k
-                sig[m] = sigs[k][idx[m] - offsets[k]]
-            return sig
-        pairs = filters.band_pairs(keys, get_sig, ctx["jaccard"], live)
-        tmp = _tmp_path(out)
-        with open(tmp, "wb") as f:
-            np.save(f, pairs)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        _write_marker(marker, [out], pairs=len(pairs), seconds=time.perf_counter() - t0)
-    return band
-
-
-def compute_drops(work, mono_keys, log=print):
-    """work/dedup/drops.npy: per document of all units (in order) 0 = keep, 1 = exact duplicate, 2 = near duplicate
-    (in a cluster of near-duplicates, all but the first). Computed once (under a lock), by whoever needs it first."""
-    path = Path(work) / "dedup" / "drops.npy"
-    with locked(work, "drops"):
-        if read_marker(path.with_suffix(".json")):
-            return np.load(path, mmap_mode="r")
-        t0 = time.perf_counter()
-        base = [Path(work) / "units" / k for k in mono_keys]
-        exact = np.concatenate([np.load(f"{b}.exact.npy") for b in base] or [np.zeros(0, np.uint64)])
-        _, first = np.unique(exact, return_index=True)
-        drops = np.ones(len(exact), dtype=np.uint8)                    # every later copy of a key: exact duplicate
-        drops[first] = 0
-        bands = sorted((Path(work) / "dedup").glob("band_*.npy"))
-        pairs = np.concatenate([np.load(b) for b in bands] or [np.zeros((0, 2), np.int64)])
-        near = filters.components(len(exact), pairs) != np.arange(len(exact))
-        drops[near & (drops == 0)] = 2
-        tmp = _tmp_path(path)
-        with open(tmp, "wb") as f:
-            np.save(f, drops)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _write_marker(path.with_suffix(".json"), [path], seconds=time.perf_counter() - t0)
-        log(f"data: dedup over {len(exact):,} documents: {(drops == 1).sum():,} exact and {(drops == 2).sum():,} "
-            f"near duplicates ({len(pairs):,} candidate pairs; {time.perf_counter() - t0:.1f}s)")
-        return np.load(path, mmap_mode="r")
-
-
 # ----------------------------------------------------------------------------- the driver
 
 def _map(tasks, ctx, workers, desc):
@@ -643,15 +158,15 @@ def _map(tasks, ctx, workers, desc):
         return
     bar = tqdm(total=len(tasks), desc=desc, unit="task", disable=len(tasks) < 2, leave=False)
     if workers <= 1 or len(tasks) == 1:
-        _init_worker(ctx)
+        workunits.init_worker(ctx)
         for t in tasks:
-            run_unit(t)
+            workunits.run_unit(t)
             bar.update()
     else:
         import multiprocessing as mp
         # spawn: workers start clean (no inherited threads from torch or tokenizers), and get ctx pickled once
-        with mp.get_context("spawn").Pool(min(workers, len(tasks)), _init_worker, (ctx,)) as pool:
-            for _ in pool.imap_unordered(run_unit, tasks):
+        with mp.get_context("spawn").Pool(min(workers, len(tasks)), workunits.init_worker, (ctx,)) as pool:
+            for _ in pool.imap_unordered(workunits.run_unit, tasks):
                 bar.update()
     bar.close()
 
@@ -725,26 +240,26 @@ def run_pipeline(units, out_dir, enc=None, tokenizer_hash=None, cfg=None, log=pr
     mine = units[rank::nodes]
     if cfg.phase in ("all", "units"):
         todo = [("filter" if dedup and u.kind == "mono" else "fused", u, None) for u in mine]
-        todo = [t for t in todo if not read_marker(work / ("units" if t[0] == "filter" else "parts") / f"{t[1].key}.json")]
+        todo = [t for t in todo if not workunits.read_marker(work / ("units" if t[0] == "filter" else "parts") / f"{t[1].key}.json")]
         log(f"data: {len(mine)} units of work{where}, {len(mine) - len(todo)} already done; stages {','.join(stages)}")
         _map(todo, ctx, workers, "filter" if dedup else "process")
     if dedup and cfg.phase in ("all", "dedup"):
         _require(work, "units", [u for u in mono], "units", "filtered")
         bands = list(range(cfg.bands))[rank::nodes]
-        todo = [("band", None, b) for b in bands if not read_marker(work / "dedup" / f"band_{b:04d}.json")]
+        todo = [("band", None, b) for b in bands if not workunits.read_marker(work / "dedup" / f"band_{b:04d}.json")]
         (work / "dedup").mkdir(exist_ok=True)
         log(f"data: dedup: {len(bands)} LSH bands{where}, {len(bands) - len(todo)} already done")
         _map(todo, ctx, workers, "dedup")
     if dedup and cfg.phase in ("all", "tokenize"):
-        missing = [b for b in range(cfg.bands) if not read_marker(work / "dedup" / f"band_{b:04d}.json")]
+        missing = [b for b in range(cfg.bands) if not workunits.read_marker(work / "dedup" / f"band_{b:04d}.json")]
         if missing:
             raise DataError(f"{len(missing)} of {cfg.bands} LSH bands are not done yet (e.g. band {missing[0]}): run "
                             f"--phase=dedup on every node first")
-        compute_drops(work, ctx["mono_keys"], log)
-        offsets = dict(zip(ctx["mono_keys"], np.cumsum([0] + [read_marker(work / "units" / f"{u.key}.json")["n_docs"]
+        workunits.compute_drops(work, ctx["mono_keys"], log)
+        offsets = dict(zip(ctx["mono_keys"], np.cumsum([0] + [workunits.read_marker(work / "units" / f"{u.key}.json")["n_docs"]
                                                              for u in mono])[:-1].tolist()))
         todo = [("tokenize", u, offsets[u.key]) for u in mine if u.kind == "mono"
-                and not read_marker(work / "parts" / f"{u.key}.json")]
+                and not workunits.read_marker(work / "parts" / f"{u.key}.json")]
         _map(todo, ctx, workers, "tokenize")
     if cfg.phase not in ("all", "finish"):
         log(f"data: phase {cfg.phase}{where} done in {time.perf_counter() - t_start:.1f}s")
@@ -755,7 +270,7 @@ def run_pipeline(units, out_dir, enc=None, tokenizer_hash=None, cfg=None, log=pr
 
 
 def _require(work, folder, units, phase, what):
-    missing = [u for u in units if not read_marker(Path(work) / folder / f"{u.key}.json")]
+    missing = [u for u in units if not workunits.read_marker(Path(work) / folder / f"{u.key}.json")]
     if missing:
         raise DataError(f"{len(missing)} of {len(units)} units are not {what} yet (e.g. {missing[0].path}): run "
                         f"--phase={phase} on every node first (same --input and settings)")
@@ -764,7 +279,7 @@ def _require(work, folder, units, phase, what):
 def _quality_model(work, cfg, log):
     """Train the quality model once per work dir (under a lock: the first node to get here trains it)."""
     path = work / "quality.npz"
-    with locked(work, "quality"):
+    with workunits.locked(work, "quality"):
         if not path.exists():
             t0 = time.perf_counter()
             ref = Path(cfg.quality_ref) if Path(cfg.quality_ref).is_absolute() or Path(cfg.quality_ref).exists() \
@@ -782,15 +297,15 @@ def _quality_model(work, cfg, log):
 def _finish(units, out, work, ctx, stages, fingerprint, settings, t_start, log, keep_work, extra, tokenizer_dir,
             skipped):
     """Join the parts of each (source, split) in unit order, write stats.json, the tokenizer copy and the manifest."""
-    with locked(work, "finish"):
-        total = _new_stats()
+    with workunits.locked(work, "finish"):
+        total = workunits.new_stats()
         parts = defaultdict(list)                                       # "src.split" -> [(path, counts)]
         kinds, langs, inputs = {}, {}, defaultdict(list)
         for u in units:
-            rec = read_marker(work / "parts" / f"{u.key}.json")
-            _merge_stats(total, rec["stats"])
+            rec = workunits.read_marker(work / "parts" / f"{u.key}.json")
+            workunits.merge_stats(total, rec["stats"])
             if u.kind == "mono" and "dedup" in stages:
-                _merge_stats(total, read_marker(work / "units" / f"{u.key}.json")["stats"])
+                workunits.merge_stats(total, workunits.read_marker(work / "units" / f"{u.key}.json")["stats"])
             ext = ".bin" if "tokenize" in stages else ".jsonl"
             for name, c in rec["parts"].items():
                 src = name.rsplit(".", 1)[0]
@@ -813,7 +328,7 @@ def _finish(units, out, work, ctx, stages, fingerprint, settings, t_start, log, 
             for code, what in ((1, "removed:dedup_exact"), (2, "removed:dedup_near")):
                 for li, n in zip(*np.unique(lang_idx[drops == code], return_counts=True)):
                     total["by_lang"][LANGS[li]][what] += int(n)
-            total["seconds"]["dedup"] += sum(read_marker(p)["seconds"] for p in (work / "dedup").glob("*.json"))
+            total["seconds"]["dedup"] += sum(workunits.read_marker(p)["seconds"] for p in (work / "dedup").glob("*.json"))
         for path, reason, size in skipped:
             total["counts"][f"skipped_files:{reason}"] += 1
             total["bytes"][f"skipped:{reason}"] += size
@@ -845,7 +360,7 @@ def _finish(units, out, work, ctx, stages, fingerprint, settings, t_start, log, 
             c = total["by_lang"][e["lang"] if e["kind"] == "mono" else name]
             for k, v in (("kept_docs", "docs"), ("kept_bytes", "bytes"), ("tokens", "tokens")):
                 c[k] += e["train"][v] + e["val"][v]
-        stats = _stats_json(total)
+        stats = workunits.stats_json(total)
         stats["wall_seconds"] = time.perf_counter() - t_start
         stats["stages"] = list(stages)
         manifest = {"fingerprint": fingerprint, "tokenizer_hash": ctx["tokenizer_hash"],
@@ -880,7 +395,7 @@ def _install(out, joined, names, stats, manifest, tokenizer_dir):
         os.replace(joined / name, out / name)
     for name in set(old_files) - set(names):
         (out / name).unlink(missing_ok=True)
-    write_json(out / "stats.json", stats)
+    atomic_write_json(out / "stats.json", stats)
     if tokenizer_dir is not None:
         tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.tmp", dir=out))
         for f in Path(tokenizer_dir).iterdir():
@@ -889,7 +404,7 @@ def _install(out, joined, names, stats, manifest, tokenizer_dir):
         if (out / "tokenizer").exists():
             shutil.rmtree(out / "tokenizer")
         os.replace(tmp, out / "tokenizer")
-    write_json(out / "manifest.json", manifest)                       # written last: it marks the output complete
+    atomic_write_json(out / "manifest.json", manifest)                       # written last: it marks the output complete
 
 
 def _join_parts(paths, dest, ctx):
@@ -897,7 +412,7 @@ def _join_parts(paths, dest, ctx):
     dest = Path(dest)
     if "tokenize" in ctx["stages"]:
         if len(paths) == 1:
-            tmp = _tmp_path(dest)
+            tmp = workunits.tmp_path(dest)
             tmp.unlink()
             try:
                 os.link(paths[0], tmp)
@@ -912,7 +427,7 @@ def _join_parts(paths, dest, ctx):
                 w.write(toks[i:i + (1 << 24)])
         w.close()
     else:
-        w = _TextWriter(dest)
+        w = workunits.TextWriter(dest)
         for p in paths:
             with open(p, "rb") as src:
                 shutil.copyfileobj(src, w.f, 1 << 24)
@@ -999,7 +514,7 @@ def prepare(data_dir, enc, tokenizer_hash, out_dir, val_frac=0.05, log=print, st
     with the same tokenizer, inputs (size, mtime and sampled content: `sampled_fingerprint`), val_frac and stages is
     reused without reading the text."""
     sources = discover_sources(data_dir)
-    units = [make_unit(p, kind, lang, name) for name, (lang, kind, p) in sources.items()]
+    units = [workunits.make_unit(p, kind, lang, name) for name, (lang, kind, p) in sources.items()]
     fp = sampled_fingerprint([p for _, _, p in sources.values()])
     cfg = dataclasses.replace(DataConfig(), stages=",".join(tuple(stages) + ("tokenize",)), val_frac=val_frac,
                               workers=workers, nodes=1, node_rank=0)

@@ -37,6 +37,7 @@ import corpus  # noqa: E402
 import filters  # noqa: E402
 import lid  # noqa: E402
 import pipeline  # noqa: E402
+import workunits  # noqa: E402
 from config import cpu_name  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
@@ -310,7 +311,7 @@ def run_scale(args):
     for line in corpus.lines(big):
         n += len(line) + 1
     dt = time.perf_counter() - t0
-    units, _ = pipeline.plan_units([big])
+    units, _ = workunits.plan_units([big])
     ranges = max(1, -(-n // (64 << 20)))                             # the old 64 MB ranges of the decompressed stream
     cc100 = -(-300e9 // (64 << 20))                                  # CC-100 en.txt.xz: ~300 GB of text
     print(f"\none {big.stat().st_size / 1e6:,.0f} MB .txt.xz ({n / 1e6:,.0f} MB of text): {len(units)} unit, read "

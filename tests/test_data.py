@@ -16,6 +16,7 @@ import pytest
 import corpus
 import data
 import pipeline
+import workunits
 import shards
 from corpus import DataError
 from pipeline import ROOT, DataConfig
@@ -82,7 +83,7 @@ def test_empty_language_files_are_skipped_the_same_way_whatever_their_name(tiny_
 def test_byte_range_units_cover_every_line_once(tmp_path):
     lines = [f"line {i} " + "x" * (i % 37 + 1) for i in range(500)]
     (tmp_path / "big.txt").write_text("\n".join(lines) + "\n")
-    units, _ = pipeline.plan_units([tmp_path], chunk_bytes=1000)
+    units, _ = workunits.plan_units([tmp_path], chunk_bytes=1000)
     assert len(units) > 10
     got = [t for u in units for t, _ in corpus.read_records(u.path, start=u.start, end=u.end)]
     assert got == lines
@@ -105,7 +106,7 @@ def test_units_read_every_document_once_and_compressed_files_are_one_unit(tmp_pa
     opener = gzip.open if suffix.endswith(".gz") else lzma.open if suffix.endswith(".xz") else open
     with opener(path, "wt", encoding="utf-8") as f:
         f.write(text)
-    units, _ = pipeline.plan_units([path], chunk_bytes=1000, txt_docs=txt_docs)
+    units, _ = workunits.plan_units([path], chunk_bytes=1000, txt_docs=txt_docs)
     assert (len(units) == 1) == suffix.endswith((".gz", ".xz"))
     assert units[0].start == 0 and units[-1].end is None
     got = [t for u in units for t, _ in corpus.read_records(u.path, txt_docs, u.start, u.end)]
@@ -119,9 +120,9 @@ def test_chunking_and_workers_do_not_change_the_output(tmp_path, byte_enc):
     (inp / "de.txt").write_text("\n\n".join(_sample_lines("de", 200, 20)) + "\n")
     (inp / "en.txt").write_text("\n\n".join(_sample_lines("en", 200, 20)) + "\n")
     c = cfg(val_frac=0.2, txt_docs="blank", stages="tokenize")
-    units, _ = pipeline.plan_units([inp], txt_docs="blank")
+    units, _ = workunits.plan_units([inp], txt_docs="blank")
     whole = pipeline.run_pipeline(units, tmp_path / "a", byte_enc, H, c, log=quiet)
-    units, _ = pipeline.plan_units([inp], chunk_bytes=1000, txt_docs="blank")
+    units, _ = workunits.plan_units([inp], chunk_bytes=1000, txt_docs="blank")
     assert len(units) > 20
     chunked = pipeline.run_pipeline(units, tmp_path / "b", byte_enc, H, dataclasses.replace(c, workers=2), log=quiet)
     assert whole["sources"] == chunked["sources"] and whole["sources"]["en"]["train"]["docs"] > 100
@@ -150,7 +151,7 @@ def _mixed_inputs(d):
 
 def test_pipeline_end_to_end_on_mixed_input(tmp_path, byte_enc):
     inp = _mixed_inputs(tmp_path / "in")
-    units, _ = pipeline.plan_units([inp])
+    units, _ = workunits.plan_units([inp])
     m = pipeline.run_pipeline(units, tmp_path / "out", byte_enc, H, cfg(val_frac=0.2), log=quiet)
     assert set(m["sources"]) == {"en", "de", "zh"} and m["dtype"] == "uint16"
     st = m["stats"]["by_lang"]
@@ -170,11 +171,11 @@ def test_pipeline_end_to_end_on_mixed_input(tmp_path, byte_enc):
 
 def test_resume_after_a_killed_run_gives_the_same_shards(tmp_path, byte_enc, monkeypatch):
     inp = _mixed_inputs(tmp_path / "in")
-    units, _ = pipeline.plan_units([inp])
+    units, _ = workunits.plan_units([inp])
     c = cfg(val_frac=0.2)
     ref = pipeline.run_pipeline(units, tmp_path / "ref", byte_enc, H, c, log=quiet)
 
-    real, calls = pipeline.run_unit, []
+    real, calls = workunits.run_unit, []
 
     def dies_in_the_tokenize_phase(task):
         if task[0] == "tokenize":
@@ -182,13 +183,13 @@ def test_resume_after_a_killed_run_gives_the_same_shards(tmp_path, byte_enc, mon
             if len(calls) == 2:
                 raise KeyboardInterrupt                                  # "killed" after one unit was tokenized
         return real(task)
-    monkeypatch.setattr(pipeline, "run_unit", dies_in_the_tokenize_phase)
+    monkeypatch.setattr(workunits, "run_unit", dies_in_the_tokenize_phase)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_pipeline(units, tmp_path / "out", byte_enc, H, c, log=quiet)
     assert not (tmp_path / "out" / "manifest.json").exists()
     for p in (tmp_path / "out").rglob("*.bin"):                          # whatever is there is whole
         shards.read_shard(p)
-    monkeypatch.setattr(pipeline, "run_unit", real)
+    monkeypatch.setattr(workunits, "run_unit", real)
     logs = []
     m = pipeline.run_pipeline(units, tmp_path / "out", byte_enc, H, c, log=logs.append)
     assert any("already done" in s and not s.startswith("data: 2 units of work, 0") for s in logs)
@@ -200,7 +201,7 @@ def test_resume_after_a_killed_run_gives_the_same_shards(tmp_path, byte_enc, mon
 
 def test_a_marker_whose_files_are_missing_or_short_is_redone(tmp_path, byte_enc):
     inp = _mixed_inputs(tmp_path / "in")
-    units, _ = pipeline.plan_units([inp])
+    units, _ = workunits.plan_units([inp])
     c = cfg(val_frac=0.2, keep_work=True)
     ref = pipeline.run_pipeline(units, tmp_path / "out", byte_enc, H, c, log=quiet)
     (tmp_path / "out" / "manifest.json").unlink()
