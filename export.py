@@ -421,13 +421,13 @@ def export(run_dir, out_dir, checkpoint=None, dtype="float32", verify=True, *, m
     Every input is checked before anything is written; the dir is built under a temporary name and renamed into
     place (bpe.output_dir: an existing out_dir is replaced only if export wrote it, or with overwrite=True)."""
     run, out = Path(run_dir), Path(out_dir)
-    if not (run / "config.json").exists():
-        raise FileNotFoundError(f"{run}/config.json not found: --ckpt must be a run dir written by train.py or sft.py")
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose {', '.join(DTYPES)}")
     shard_bytes = parse_size(max_shard_size)
     _check_not_inside(out, run, "run dir")
     bpe.check_output_dir(out, is_export_dir, overwrite, "directory export.py wrote")
+    if not (run / "config.json").exists():
+        raise FileNotFoundError(f"{run}/config.json not found: --ckpt must be a run dir written by train.py or sft.py")
     run_cfg = json.loads((run / "config.json").read_text())
     mcfg = ModelConfig(**run_cfg["model"])
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run)

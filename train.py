@@ -231,8 +231,8 @@ def write_run_dir(cfg, s, tok_dir, tok_hash, model, shard_dir, mixer):
 def pretrain(cfg, d):
     # 1. settings and out_dir: checked first, on every rank; nothing is written yet
     s = runtime.start(cfg, d)
-    check_settings(cfg)
     resume_from = runtime.check_out_dir(cfg, cfg.init_from)
+    check_settings(cfg)
     # 2-3. tokenizer and token shards (cached outside out_dir)
     tok_dir, enc, tok_hash, shard_dir, manifest = tokenizer_and_data(cfg, s)
     # 4-5. model, optimizer, curriculum
