@@ -593,6 +593,29 @@ def claim_out_dir(cfg, d, log):
     barrier(d)
 
 
+def resume_or_start(resume_from, wrapped, optimizer, sampler, cfg, s):
+    """The step to start from: a resumed checkpoint's (model, optimizer, data position and RNG restored), or 0 for a
+    fresh run, whose out_dir is then claimed (claim_out_dir) — only now, after everything else was checked."""
+    if resume_from is not None:
+        step = load_training_state(resume_from, wrapped, optimizer, sampler, s.d)
+        s.log(f"resumed from {resume_from} at step {step}")
+        return step
+    claim_out_dir(cfg, s.d, s.log)
+    return 0
+
+
+def install_tokenizer(tok_dir, out_dir):
+    """Copy a tokenizer into out_dir/tokenizer (a temporary copy renamed into place); nothing if it is already it."""
+    dest = Path(out_dir) / "tokenizer"
+    if dest.exists() and dest.resolve() == Path(tok_dir).resolve():
+        return
+    tmp = Path(out_dir) / ".tokenizer.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(tok_dir, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
 def release_replaced(cfg, d):
     """After the first checkpoint of a fresh run: the old run that claim_out_dir moved aside can go."""
     if d.main:

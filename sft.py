@@ -29,7 +29,6 @@ The output is a run dir like train.py's, so chat.py, evaluate.py and export.py t
 import dataclasses
 import glob
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -305,15 +304,9 @@ def finetune(cfg, d):
     pad_id = enc.encode_single_token("<|pad|>")
     sampler = ExampleSampler(train_ex, train_langs, cfg.batch_size, pad_id, cfg.seed, cfg.balance_langs,
                              d.rank, d.world_size)
-    step = 0
-    if resume_from is not None:
-        step = runtime.load_training_state(resume_from, wrapped, optimizer, sampler, d)
-        s.log(f"resumed from {resume_from} at step {step}")
-    else:
-        runtime.claim_out_dir(cfg, d, s.log)
+    step = runtime.resume_or_start(resume_from, wrapped, optimizer, sampler, cfg, s)
     if d.main:
-        shutil.rmtree(out / "tokenizer", ignore_errors=True)
-        shutil.copytree(init / "tokenizer", out / "tokenizer")
+        runtime.install_tokenizer(init / "tokenizer", out)
         atomic_write_json(out / "config.json", {**init_cfg, "sft": dataclasses.asdict(cfg), "init_from": str(init)})
     runtime.barrier(d)
     metrics = runtime.Metrics(out, d, cfg.log, dataclasses.asdict(cfg))

@@ -28,8 +28,6 @@ loss.png. `python train.py --plot=RUN_DIR` redraws the plot; `--consolidate_ckpt
 (FSDP) checkpoint into the single model.pt that chat.py, evaluate.py and export.py read.
 """
 import dataclasses
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -214,12 +212,7 @@ def write_run_dir(cfg, s, tok_dir, tok_hash, model, shard_dir, mixer):
     """config.json and the tokenizer copy (rank 0), once the run has its model and (if resuming) its state."""
     out = Path(cfg.out_dir)
     if s.d.main:
-        if (out / "tokenizer").resolve() != tok_dir.resolve():
-            tmp = out / ".tokenizer.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(tok_dir, tmp)
-            shutil.rmtree(out / "tokenizer", ignore_errors=True)
-            tmp.rename(out / "tokenizer")
+        runtime.install_tokenizer(tok_dir, out)
         atomic_write_json(out / "config.json", {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.cfg),
                                                 "tokenizer_hash": tok_hash, "shards": str(shard_dir),
                                                 "data_start": mixer.start, "world_size": s.d.world_size})
@@ -240,12 +233,7 @@ def pretrain(cfg, d):
     wrapped = runtime.wrap_model(model, cfg, s)
     optimizer = runtime.make_optimizer(model, cfg, s.device)
     stages, mixer = build_mixer(cfg, s, manifest, shard_dir)
-    step = 0
-    if resume_from is not None:
-        step = runtime.load_training_state(resume_from, wrapped, optimizer, mixer, d)
-        s.log(f"resumed from {resume_from} at step {step}")
-    else:
-        runtime.claim_out_dir(cfg, d, s.log)
+    step = runtime.resume_or_start(resume_from, wrapped, optimizer, mixer, cfg, s)
     write_run_dir(cfg, s, tok_dir, tok_hash, model, shard_dir, mixer)
     metrics = runtime.Metrics(cfg.out_dir, d, cfg.log, dataclasses.asdict(cfg))
     res = train_loop(cfg, s, model, wrapped, optimizer, mixer, stages, enc, manifest, shard_dir, step, metrics)

@@ -260,9 +260,15 @@ def tmp_path(path):
     return Path(tmp)
 
 
-def _fsync(path):
-    with open(path, "rb") as f:
+def save_npy(path, arr):
+    """np.save through a unique temporary file, fsynced, renamed into place; returns path."""
+    tmp = tmp_path(path)
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+        f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
 
 
 def _write_marker(path, files, **extra):
@@ -438,14 +444,7 @@ def _filter_unit(unit, ctx, stats, folder):
     shapes = {"sig": ((0, ctx["num_perm"]), np.uint32), "bands": ((0, ctx["bands"]), np.uint64)}
     for name, (shape, dtype) in {**_EMPTY, **shapes}.items():
         arr = np.concatenate(arrays[name]) if arrays[name] else np.zeros(shape, dtype=dtype)
-        path = Path(f"{base}.{name}.npy")
-        tmp = tmp_path(path)
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        files.append(path)
+        files.append(save_npy(Path(f"{base}.{name}.npy"), arr))
     return files, n
 
 
@@ -471,14 +470,8 @@ def _run_band(band, work, ctx):
                 m = u == k
                 sig[m] = sigs[k][idx[m] - offsets[k]]
             return sig
-        pairs = filters.band_pairs(keys, get_sig, ctx["jaccard"], live)
-        tmp = tmp_path(out)
-        with open(tmp, "wb") as f:
-            np.save(f, pairs)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        _write_marker(marker, [out], pairs=len(pairs), seconds=time.perf_counter() - t0)
+        save_npy(out, filters.band_pairs(keys, get_sig, ctx["jaccard"], live))
+        _write_marker(marker, [out], pairs=len(np.load(out, mmap_mode="r")), seconds=time.perf_counter() - t0)
     return band
 
 
@@ -499,12 +492,7 @@ def compute_drops(work, mono_keys, log=print):
         pairs = np.concatenate([np.load(b) for b in bands] or [np.zeros((0, 2), np.int64)])
         near = filters.components(len(exact), pairs) != np.arange(len(exact))
         drops[near & (drops == 0)] = 2
-        tmp = tmp_path(path)
-        with open(tmp, "wb") as f:
-            np.save(f, drops)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        save_npy(path, drops)
         _write_marker(path.with_suffix(".json"), [path], seconds=time.perf_counter() - t0)
         log(f"data: dedup over {len(exact):,} documents: {(drops == 1).sum():,} exact and {(drops == 2).sum():,} "
             f"near duplicates ({len(pairs):,} candidate pairs; {time.perf_counter() - t0:.1f}s)")
