@@ -12,7 +12,7 @@ chart per task family) and RUN_DIR/eval_outputs/ (every generated answer). See d
 
 | task      | family        | what                                                     | chance  | data            |
 |-----------|---------------|----------------------------------------------------------|---------|-----------------|
-| bpb       | lm            | bits per UTF-8 byte of held-out text (tokenizer-fair)    | uniform | run's data_dir  |
+| bpb       | lm            | bits per UTF-8 byte of held-out text (tokenizer-fair)    | uniform | run's val shards|
 | xnli      | understanding | NLI, 3-way log-likelihood choice (harness template)      | 33.3%   | --xnli_dir      |
 | xcopa     | understanding | causal commonsense, 2-way choice (harness template)      | 50%     | bundled         |
 | pawsx     | understanding | paraphrase, 2-way choice (harness template)              | 50%     | --pawsx_dir     |
@@ -35,15 +35,21 @@ token except the very first is predicted once.
 
 The multiple-choice tasks use lm-evaluation-harness's templates and token boundaries and are scored by
 tasks/scoring.py, which shares each question's context between its choices (one forward per question, batched).
+
+Machine: runtime.choose, the one device/dtype policy of train.py, sft.py and chat.py: `--device=auto` is the GPU
+where there is one, else the CPU; `--dtype=auto` is bf16 on CUDA and on CPUs that compute bf16 natively
+(AVX512-BF16/AMX), fp32 elsewhere (an AVX2-only CPU would emulate bf16 ~40x slower). Bad input stops before any work
+with one line and exit code 2: a --limit < 0 or --shots < -1, an unknown --langs code, a --ckpt that is not a run
+dir, --device=cuda without CUDA, a run dir whose tokenizer/ is not the one it was trained with.
+
+Imports go one way: evaluate.py imports tasks/ (loaders, scorers, metrics, bpb); nothing in tasks/ imports it.
 """
 import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -51,85 +57,45 @@ import torch
 from tqdm import tqdm
 
 import bpe
-import data
+import pipeline
+import runtime
+import shards
+from common import LANGS, atomic_write_json, atomic_write_text, pyplot
 from config import run_cli
-from model import latest_checkpoint, load_model
+from model import latest_checkpoint, load_model, load_tokenizer
 from tasks import benchmarks as B
+from tasks.bpb import bits_per_byte, format_table, token_byte_lengths
 from tasks import metrics as M
 from tasks import scoring as S
 
 REPO = Path(__file__).resolve().parent
 
 
-# ============================================================================= bits per byte
+# ============================================================================= bits per byte (tasks/bpb.py)
 
-def token_byte_lengths(enc):
-    """UTF-8 length of every token id; special tokens count as one byte (a separator)."""
-    lens = np.ones(enc.n_vocab, dtype=np.int64)
-    specials = set(enc.special_tokens_set)
-    for i in range(enc.n_vocab):
-        try:
-            b = enc.decode_single_token_bytes(i)
-        except KeyError:          # an id with no token (never produced by the encoder)
-            continue
-        if b.decode("utf-8", "replace") not in specials:
-            lens[i] = len(b)
-    return lens
-
-
-@torch.no_grad()
-def bits_per_byte(model, streams, byte_lens, block_size, batch_size=8, device="cpu", autocast=None,
-                  max_tokens=None, progress=False):
-    """{name: {"val_loss": nats/token, "val_bpb": bits/byte, "tokens", "bytes"}} for token streams {name: array}."""
-    was_training = model.training
-    model.eval()
-    results = {}
-    for name, stream in tqdm(streams.items(), desc="bpb", disable=not progress, leave=False):
-        t = np.asarray(stream[: (max_tokens + 1) if max_tokens else None], dtype=np.int64)
-        n = len(t) - 1                                   # number of predicted tokens
-        if n <= 0:
-            continue
-        nwin = math.ceil(n / block_size)
-        x = np.zeros((nwin, block_size), dtype=np.int64)
-        y = np.full((nwin, block_size), -100, dtype=np.int64)
-        for w in range(nwin):
-            a, b = w * block_size, min((w + 1) * block_size, n)
-            x[w, : b - a], y[w, : b - a] = t[a:b], t[a + 1:b + 1]
-        nats = 0.0
-        for i in range(0, nwin, batch_size):
-            xb = torch.from_numpy(x[i:i + batch_size]).to(device)
-            yb = torch.from_numpy(y[i:i + batch_size]).to(device)
-            with autocast or nullcontext():
-                nats += model.token_nll(xb, yb).float().sum().item()
-        nbytes = int(byte_lens[t[1:]].sum())
-        results[name] = {"val_loss": nats / n, "val_bpb": nats / math.log(2) / nbytes, "tokens": n, "bytes": nbytes}
-    model.train(was_training)
-    return results
-
-
-def format_table(results, langs=data.LANGS):
-    """A per-language Markdown table of val loss and bpb, with the mean over languages."""
-    rows = ["| lang | val loss (nats/token) | val bpb | tokens | bytes/token |", "|---|---:|---:|---:|---:|"]
-    for lang in langs:
-        if lang in results:
-            r = results[lang]
-            rows.append(f"| {lang} | {r['val_loss']:.3f} | {r['val_bpb']:.3f} | {r['tokens']:,} | "
-                        f"{r['bytes'] / r['tokens']:.2f} |")
-    shown = [results[l] for l in langs if l in results]
-    if shown:
-        rows.append(f"| **mean** | {np.mean([r['val_loss'] for r in shown]):.3f} | "
-                    f"{np.mean([r['val_bpb'] for r in shown]):.3f} | | |")
-    return "\n".join(rows)
-
-
-def heldout_streams(data_dir, val_frac, enc, langs=data.LANGS):
-    """Token streams of the held-out (val) documents of each language's monolingual text."""
+def heldout_streams(data_dir, val_frac, enc, langs=LANGS):
+    """Token streams of the held-out (val) documents of each language's monolingual text in a data_dir."""
     streams = {}
-    for name, (lang, kind, path) in data.discover_sources(data_dir).items():
+    for name, (lang, kind, path) in pipeline.discover_sources(data_dir).items():
         if kind == "mono" and lang in langs and name == lang:          # not the hq.<lang> subsets
-            _, val = data.split_documents(kind, path, val_frac)
-            streams[lang] = data.tokenize_documents(enc, val)
+            _, val = pipeline.split_documents(kind, path, val_frac)
+            streams[lang] = shards.tokenize_documents(enc, val)
     return streams
+
+
+def run_val_streams(run, run_cfg, enc, tok_hash, data_dir=""):
+    """The validation streams bits-per-byte is measured on: data_dir's val split when given, else the val shards
+    the run trained with (config.json "shards": what train.py evaluated), else the run's data_dir re-tokenized."""
+    shard_dir = run_cfg.get("shards")
+    if not data_dir and shard_dir and (Path(shard_dir) / "manifest.json").exists():
+        m = shards.load_manifest(shard_dir, tok_hash)
+        return {name: s for name, s in shards.load_shards(shard_dir, m, "val").items()
+                if m["sources"][name]["kind"] == "mono" and not m["sources"][name].get("hq") and len(s) > 1}
+    train_cfg = run_cfg["train"]
+    if not (data_dir or train_cfg.get("data_dir")) or (not data_dir and train_cfg.get("shards")):
+        raise FileNotFoundError(f"{run}: its shards ({shard_dir}) are gone; pass --data_dir=DIR with raw text to "
+                                f"measure bits per byte on")
+    return heldout_streams(data_dir or train_cfg["data_dir"], train_cfg["val_frac"], enc)
 
 
 # ============================================================================= settings
@@ -157,11 +123,11 @@ class EvalConfig:
     mtg_dir: str = ""               # MTG data laid out as <task>/<lang>/test.src + test.tgt
     wmt20_dir: str = ""             # sacrebleu's ~/.sacrebleu/wmt20 or the unpacked WMT20 test set
     # bits per byte
-    data_dir: str = ""              # held-out text: data_dir/mono/<lang>.txt val split ('' = the run's data_dir)
+    data_dir: str = ""              # held-out text: data_dir/mono/<lang>.txt val split ('' = the run's own val shards)
     max_tokens: int = 0             # evaluate at most this many tokens per language (0 = all)
     batch_size: int = 8             # windows per forward pass
-    device: str = "cpu"             # cpu | cuda
-    dtype: str = "float32"          # float32 | bfloat16 (autocast; only where the hardware has native bf16)
+    device: str = "auto"            # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N (runtime.choose)
+    dtype: str = "auto"             # auto (bf16 on CUDA / native-bf16 CPUs, else fp32) | float32 | bfloat16 (autocast)
     threads: int = 0                # torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy CPU)
     plots: bool = True              # write a bar chart PNG per task family
 
@@ -176,10 +142,11 @@ TASKS = {
     "wmt20": ("translation", "bleu", 0.0, 1)}
 GROUPS = {"all": list(TASKS), "understanding": ["xnli", "xcopa", "pawsx", "xwinograd"], "qa": ["tydiqa"],
           "generation": ["mtg"], "translation": ["ntrex", "tatoeba", "wmt20"]}
-LANGS = {  # PolyLM's languages in each benchmark
+TASK_LANGS = {  # PolyLM's languages in each benchmark (translation: the non-English side of en<->xx)
+    "bpb": " ".join(LANGS),
     "xnli": "ar de en es fr ru th tr vi zh", "xcopa": "id it th tr vi zh", "pawsx": "de en es fr ja ko zh",
     "xwinograd": "en fr ja pt ru zh", "tydiqa": "ar en id ko ru", "mtg": "en de fr es zh",
-    "ntrex": " ".join(l for l in data.LANGS if l != "en"), "tatoeba": " ".join(l for l in data.LANGS if l != "en"),
+    "ntrex": " ".join(l for l in LANGS if l != "en"), "tatoeba": " ".join(l for l in LANGS if l != "en"),
     "wmt20": "de ja pl ru zh"}
 NEEDS = {"xnli": "xnli_dir", "pawsx": "pawsx_dir", "tydiqa": "tydiqa_path", "mtg": "mtg_dir", "wmt20": "wmt20_dir"}
 TEMPLATES = {"xnli": "lm-eval-harness lm_eval/tasks/xnli/utils.py", "xcopa": "lm-eval-harness lm_eval/tasks/xcopa/utils.py",
@@ -189,9 +156,39 @@ TEMPLATES = {"xnli": "lm-eval-harness lm_eval/tasks/xnli/utils.py", "xcopa": "lm
              "ntrex": "evaluate.py (Lang: text)", "tatoeba": "evaluate.py (Lang: text)", "wmt20": "evaluate.py (Lang: text)"}
 
 
+def check_eval_config(cfg):
+    """Settings that cannot work, as one clear error before anything is loaded."""
+    if cfg.scorer not in ("tree", "rows", "naive"):
+        raise ValueError(f"scorer={cfg.scorer!r}: choose tree, rows or naive")
+    if cfg.directions not in ("both", "en-x", "x-en"):
+        raise ValueError(f"directions={cfg.directions!r}: choose both, en-x or x-en")
+    if cfg.xnli_split not in ("dev", "test"):
+        raise ValueError(f"xnli_split={cfg.xnli_split!r}: choose dev or test")
+    if cfg.limit < 0:
+        raise ValueError(f"limit={cfg.limit} must be >= 0 (examples to keep per task and language; 0 = all)")
+    if cfg.shots < -1:
+        raise ValueError(f"shots={cfg.shots} must be >= -1 (few-shot examples per prompt; -1 = the task's default)")
+    for key in ("batch_tokens", "gen_batch", "batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key}={getattr(cfg, key)} must be >= 1")
+    for key in ("max_new_tokens", "max_tokens", "threads"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"{key}={getattr(cfg, key)} must be >= 0")
+    unknown = [l for l in split_list(cfg.langs) if l not in LANGS]
+    if unknown:
+        raise ValueError(f"langs: unknown language code(s) {', '.join(unknown)}; PolyLM's are {' '.join(LANGS)}")
+    bad = [t for t in split_list(cfg.mtg_tasks) if t not in B.MTG_TASKS]
+    if bad:
+        raise ValueError(f"mtg_tasks: unknown {', '.join(bad)}; choose from {', '.join(B.MTG_TASKS)}")
+
+
+def split_list(text):
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def resolve_tasks(spec, cfg, log=print):
-    """Task names from a comma list of tasks/groups. Groups skip tasks whose data is not configured (with a note);
-    naming such a task explicitly is an error that says where to get the data."""
+    """Task names from a comma list of tasks/groups. Groups skip tasks whose data is not configured, or that have
+    none of --langs (with a note); naming such a task explicitly is an error that says what is missing."""
     names, explicit = [], set()
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         if part in GROUPS:
@@ -209,16 +206,20 @@ def resolve_tasks(spec, cfg, log=print):
                                  f"(docs/EVALUATION.md says where to get it)")
             log(f"skipping {t}: its data is not bundled; pass --{NEEDS[t]}=... (docs/EVALUATION.md says where to get it)")
             continue
+        if not task_langs(t, cfg):
+            if t in explicit:
+                raise ValueError(f"task {t} has none of --langs={cfg.langs}; its languages: {TASK_LANGS[t]}")
+            log(f"skipping {t}: none of --langs={cfg.langs} (it has {TASK_LANGS[t]})")
+            continue
         out.append(t)
     return out
 
 
 def task_langs(task, cfg):
-    langs = LANGS[task].split()
-    if cfg.langs:
-        want = [l.strip() for l in cfg.langs.split(",") if l.strip()]
-        langs = [l for l in langs if l in want]
-    return langs
+    """The task's languages, in its order, that --langs keeps (all when --langs is empty)."""
+    langs = TASK_LANGS[task].split()
+    want = split_list(cfg.langs)
+    return [l for l in langs if l in want] if want else langs
 
 
 def sample_shots(pool, k, rnd, exclude=None):
@@ -268,15 +269,20 @@ def mc_requests(task, enc, docs, pool, pool_is_eval, shots, seed, lang):
     return items, requests
 
 
+def model_device(model):
+    """Where the scorers put their tensors: where the model's weights are."""
+    return next(model.parameters()).device
+
+
 def score_requests(model, requests, cfg, autocast=None, desc=""):
     """Log-likelihoods of all requests (flat order) with the configured scorer (tasks/scoring.py)."""
     block = model.cfg.block_size
     if cfg.scorer == "naive":
         flat = [r for q in requests for r in q]
-        return S.loglik_naive(model, tqdm(flat, desc=desc, leave=False), block, cfg.device, autocast)
+        return S.loglik_naive(model, tqdm(flat, desc=desc, leave=False), block, model_device(model), autocast)
     tree = cfg.scorer == "tree"
     with tqdm(total=S.count_rows(requests, block, tree), desc=desc, leave=False, unit="row") as bar:
-        return S.loglik_batched(model, requests, block, cfg.device, autocast, cfg.batch_tokens, tree, bar)
+        return S.loglik_batched(model, requests, block, model_device(model), autocast, cfg.batch_tokens, tree, bar)
 
 
 def run_multiple_choice(task, model, enc, cfg, lang, shots, autocast=None):
@@ -305,16 +311,16 @@ def run_generations(model, enc, cfg, items, shot_items, max_new, stop_ids, desc,
                           it.get("header", "")) for it in items]
     limits = [cfg.max_new_tokens or it.get("max_new") or max_new for it in items]
     with tqdm(total=len(prompts), desc=desc, leave=False) as bar:
-        return S.generate_greedy(model, enc, prompts, limits, stop_ids, cfg.device, autocast, cfg.gen_batch, bar)
+        return S.generate_greedy(model, enc, prompts, limits, stop_ids, model_device(model), autocast, cfg.gen_batch,
+                                 bar)
 
 
 def save_outputs(run, name, items, outs):
     d = run / "eval_outputs"
     d.mkdir(exist_ok=True)
-    with open(d / f"{name.replace('/', '_')}.jsonl", "w", encoding="utf-8") as f:
-        for it, o in zip(items, outs):
-            f.write(json.dumps({"prompt": it["prompt"][-300:], "refs": it["refs"], "output": o}, ensure_ascii=False)
-                    + "\n")
+    atomic_write_text(d / f"{name.replace('/', '_')}.jsonl", "".join(
+        json.dumps({"prompt": it["prompt"][-300:], "refs": it["refs"], "output": o}, ensure_ascii=False) + "\n"
+        for it, o in zip(items, outs)))
 
 
 def run_tydiqa(model, enc, cfg, lang, shots, stop_ids, run, autocast=None):
@@ -415,9 +421,7 @@ PLOT_METRICS = {"lm": ["val_bpb", "uniform_bpb"], "understanding": ["acc", "acc_
 
 def plot_families(results, out_dir):
     """eval_<family>.png: for each task of the family, grouped bars per language (its metrics), chance dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     written = []
     for family, metrics in PLOT_METRICS.items():
         tasks = [t for t in TASKS if TASKS[t][0] == family and t in results and results[t].get("results")]
@@ -458,11 +462,12 @@ def file_sha256(path, n=16):
 def write_results(run, new):
     """Merge new task entries into RUN_DIR/results.json (atomic), so running one task keeps the others."""
     out = run / "results.json"
-    results = json.loads(out.read_text()) if out.exists() else {}
+    try:
+        results = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+    except ValueError:
+        raise ValueError(f"{out} is not JSON; move it away (the tasks in it are then measured afresh)") from None
     results.update(new)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False))
-    os.replace(tmp, out)
+    atomic_write_json(out, results)
     return results, out
 
 
@@ -472,26 +477,41 @@ def main(argv=None):
     return run_cli(evaluate_run, EvalConfig, argv, prog="evaluate.py")
 
 
+def check_run_dir(path):
+    """--ckpt must be a run dir (config.json, tokenizer/, ckpt/): one line saying what it is instead."""
+    run = Path(path)
+    if not run.exists():
+        raise FileNotFoundError(f"--ckpt={run} not found: give a run dir written by train.py or sft.py")
+    if not run.is_dir():
+        raise NotADirectoryError(f"--ckpt={run} is a file: give the run dir (config.json, tokenizer/, ckpt/)")
+    if (run / "model.pt").exists() or (run / "state.json").exists():
+        raise ValueError(f"--ckpt={run} is a checkpoint inside a run: give its run dir, --ckpt={run.parent.parent}")
+    if not (run / "config.json").exists():
+        raise FileNotFoundError(f"--ckpt={run} is not a run dir: it has no config.json (train.py or sft.py writes "
+                                f"one, next to tokenizer/ and ckpt/)")
+    return run
+
+
 def evaluate_run(cfg: EvalConfig):
-    if cfg.scorer not in ("tree", "rows", "naive"):
-        raise ValueError(f"scorer={cfg.scorer!r}: choose tree, rows or naive")
-    if cfg.directions not in ("both", "en-x", "x-en"):
-        raise ValueError(f"directions={cfg.directions!r}: choose both, en-x or x-en")
-    if cfg.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype={cfg.dtype!r}: choose float32 or bfloat16")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ac = torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else None
-    run = Path(cfg.ckpt)
+    check_eval_config(cfg)
+    run = check_run_dir(cfg.ckpt)
+    device, dtype, why = runtime.choose(cfg.device, cfg.dtype)       # one line for cuda without CUDA, bad names
     names = resolve_tasks(cfg.tasks, cfg, log=tqdm.write)
     if not names:
         raise ValueError(f"--tasks={cfg.tasks}: none of these tasks has data; see docs/EVALUATION.md")
-    model = load_model(run, cfg.device)
-    enc = bpe.load(run / "tokenizer")
+    enc = load_tokenizer(run)                    # checked against the hash config.json recorded
     tok_hash = bpe.tokenizer_hash(run / "tokenizer")
-    ckpt = latest_checkpoint(run)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ckpt = latest_checkpoint(run, warn=tqdm.write)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run}/ckpt/ holds no complete checkpoint; train first (python train.py)")
+    model = load_model(run, device, checkpoint=ckpt)
+    tqdm.write(f"{run}: {ckpt.name} on {device}, {str(dtype).removeprefix('torch.')} ({why})")
+    ac = runtime.autocast(device, dtype)
     stamp = {"checkpoint": {"path": str(ckpt), "model_sha256": file_sha256(ckpt / "model.pt")},
              "tokenizer_hash": tok_hash, "config": dataclasses.asdict(cfg),
+             "runtime": {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "why": why},
              "time": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__}
     stop_ids = S.newline_stop_ids(enc) if any(TASKS[t][0] in ("qa", "generation", "translation") for t in names) else None
     new = {}
@@ -516,10 +536,11 @@ def evaluate_run(cfg: EvalConfig):
             return out
 
         if task == "bpb":
-            train_cfg = json.loads((run / "config.json").read_text())["train"]
-            streams = heldout_streams(cfg.data_dir or train_cfg["data_dir"], train_cfg["val_frac"], enc)
+            streams = run_val_streams(run, json.loads((run / "config.json").read_text()), enc, tok_hash, cfg.data_dir)
+            if cfg.langs:                                   # the mono sources are named by their language
+                streams = {k: v for k, v in streams.items() if k in split_list(cfg.langs)}
             res = bits_per_byte(model, streams, token_byte_lengths(enc), model.cfg.block_size, cfg.batch_size,
-                                cfg.device, ac, max_tokens=cfg.max_tokens or None, progress=True)
+                                device, ac, max_tokens=cfg.max_tokens or None, progress=True)
             for r in res.values():
                 r["uniform_bpb"] = math.log2(enc.n_vocab) * r["tokens"] / r["bytes"]
             entry.update(max_tokens=cfg.max_tokens, shots=0)
@@ -536,17 +557,14 @@ def evaluate_run(cfg: EvalConfig):
             for lang in task_langs(task, cfg):
                 attempt(lang, run_tydiqa, model, enc, cfg, lang, shots, stop_ids, run, ac)
         elif task == "mtg":
-            for sub in [s.strip() for s in cfg.mtg_tasks.split(",") if s.strip()]:
-                if sub not in B.MTG_TASKS:
-                    raise ValueError(f"mtg_tasks: unknown {sub!r}; choose from {', '.join(B.MTG_TASKS)}")
+            for sub in split_list(cfg.mtg_tasks):
                 submission = {}
                 for lang in task_langs(task, cfg):
                     out = attempt(f"{sub}/{lang}", run_mtg, model, enc, cfg, sub, lang, shots, stop_ids, run, ac)
                     if out:
                         submission[lang] = out[2]
                 if submission:                       # MTG's submission format: {"en": [outputs], ...}
-                    (run / "eval_outputs" / f"{B.MTG_TASKS[sub][3]}-polylm.json").write_text(
-                        json.dumps(submission, ensure_ascii=False, indent=1), encoding="utf-8")
+                    atomic_write_json(run / "eval_outputs" / f"{B.MTG_TASKS[sub][3]}-polylm.json", submission)
         else:                                                            # translation
             for src, tgt in translation_pairs(task, cfg):
                 attempt(f"{src}-{tgt}", run_translation, task, model, enc, cfg, src, tgt, shots, stop_ids, run,
@@ -565,7 +583,7 @@ def evaluate_run(cfg: EvalConfig):
     results, out = write_results(run, new)
     shown = {t: results[t] for t in TASKS if t in results}
     table = format_suite(shown)
-    (run / "results.md").write_text(table + "\n", encoding="utf-8")
+    atomic_write_text(run / "results.md", table + "\n")
     print(table)
     if cfg.plots:
         plot_families(shown, run)

@@ -4,10 +4,16 @@ the standard library's urllib, and a bounded pool of worker threads.
   Teacher      POST <base>/chat/completions (GET <base>/models), JSON in and out. Transient failures (HTTP 408, 409,
                429, 500, 502, 503, 504, timeouts, refused or dropped connections, torn bodies) are retried up to
                max_retries times after base * 2^k seconds (capped at backoff_max) times a jitter in [0.5, 1], or
-               the server's Retry-After if longer. Other 4xx fail at once. Every HTTP attempt is charged to a
-               request budget and waits for its slot under a rate limit (attempts/second), both shared by all
-               threads; usage tokens are counted against a token budget. The API key is only ever put in the
-               Authorization header: errors, logs and repr() never show it, and URLs are shown without user:pass@.
+               the server's Retry-After if longer. Other 4xx fail at once, as a TeacherError that keeps the HTTP
+               status and the OpenAI error code. Every HTTP attempt is charged to a request budget and waits for its
+               slot under a rate limit (attempts/second), both shared by all threads; usage tokens are counted
+               against a token budget. The API key is only ever put in the Authorization header: errors, logs and
+               repr() never show it, and URLs are shown without user:pass@.
+  context      how many tokens the teacher holds (prompt + reply): `context_length(model entry)` reads it from
+               GET /models where the server reports it (vLLM: `max_model_len`; OpenRouter-style: `context_length`),
+               and `context_exceeded(error)` recognises the 400 a server sends when a prompt does not fit (code
+               `context_length_exceeded`, as OpenAI and our server.py send, or vLLM's "maximum context length"
+               message) and reads the context and the prompt's size from its message where it says them.
   WorkerPool   n daemon threads running fn(job); the caller submits at most n jobs and collects results with a
                timeout, so Ctrl-C is seen at once and an interrupted run exits without waiting for its requests.
 """
@@ -15,6 +21,7 @@ import http.client
 import json
 import queue
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -23,7 +30,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 class TeacherError(RuntimeError):
-    """A request that failed for good (a 4xx other than 429, or retries used up)."""
+    """A request that failed for good (a 4xx other than 429, or retries used up). status: the HTTP status (None when
+    it never got one); code: the OpenAI-style error code of the body ({"error": {"code"}}), if any; detail: the
+    error message of the body."""
+
+    def __init__(self, text, status=None, code=None, detail=""):
+        super().__init__(text)
+        self.status, self.code, self.detail = status, code, detail
 
 
 class BudgetExhausted(TeacherError):
@@ -57,6 +70,7 @@ class Teacher:
         self.attempts = self.retries = self.prompt_tokens = self.completion_tokens = 0
         self._next_slot = 0.0
         self.cancel = threading.Event()         # set on shutdown: no new attempts, no more waiting
+        self.context = None                     # tokens the model holds, where GET /models says (make_teacher)
 
     def __repr__(self):
         return f"Teacher({public_url(self.base)!r}, model={self.model!r})"
@@ -91,14 +105,16 @@ class Teacher:
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
-    def request(self, method, path, body=None, charge=True):
-        """JSON in, JSON out, retrying transient failures; charge=False: not counted in the request budget."""
+    def request(self, method, path, body=None, charge=True, max_retries=None):
+        """JSON in, JSON out, retrying transient failures; charge=False: not counted in the request budget;
+        max_retries: this request's own limit (default: the client's)."""
+        max_retries = self.max_retries if max_retries is None else max_retries
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         last = None
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(max_retries + 1):
             if attempt:
                 with self.lock:
                     self.retries += 1
@@ -116,19 +132,26 @@ class Teacher:
                 with urllib.request.urlopen(req, timeout=self.timeout) as r:
                     return json.loads(r.read().decode("utf-8"))
             except urllib.error.HTTPError as e:
-                msg = self._redact(_error_message(e))              # a server may echo the key it was sent
+                msg, code = _error_message(e)
+                msg = self._redact(msg)                            # a server may echo the key it was sent
                 if e.code not in RETRY_STATUS:
-                    raise TeacherError(f"HTTP {e.code} from {public_url(self.base)}{path}: {msg}") from None
+                    raise TeacherError(f"HTTP {e.code} from {public_url(self.base)}{path}: {msg}", e.code, code,
+                                       msg) from None
                 last = (f"HTTP {e.code}: {msg}", _retry_after(e.headers.get("Retry-After")))
             except (OSError, ValueError, http.client.HTTPException) as e:   # timeouts, refused/reset connections,
                 last = (self._redact(f"{type(e).__name__}: {e}"), None)      # torn or non-JSON bodies
-            if attempt < self.max_retries:
-                self.log(f"teacher: {last[0]}; retry {attempt + 1} of {self.max_retries}")
-        raise TeacherError(f"{public_url(self.base)}{path}: gave up after {self.max_retries + 1} attempts "
+            if attempt < max_retries:
+                self.log(f"teacher: {last[0]}; retry {attempt + 1} of {max_retries}")
+        raise TeacherError(f"{public_url(self.base)}{path}: gave up after {max_retries + 1} attempts "
                            f"(last: {last[0]})")
 
+    def model_list(self, max_retries=None):
+        """The entries of GET /models (dicts with at least "id"); not charged to the request budget."""
+        data = self.request("GET", "/models", charge=False, max_retries=max_retries).get("data", [])
+        return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
     def models(self):
-        return [m["id"] for m in self.request("GET", "/models", charge=False).get("data", [])]
+        return [m["id"] for m in self.model_list()]
 
     def chat(self, prompt, max_tokens, temperature=1.0, top_p=1.0, seed=None):
         """(reply text, finish_reason) of one user message; usage is added to the token counters."""
@@ -149,11 +172,15 @@ class Teacher:
 
 
 def _error_message(e):
+    """(message, code) of an HTTP error: error.message and error.code of an OpenAI-style body ({"error": {...}}, or
+    the same fields at the top level, as older vLLM sends them), else the HTTP reason."""
     try:
         body = json.loads(e.read().decode("utf-8", "replace"))
-        return str(body["error"]["message"])[:300]
+        err = body["error"] if isinstance(body.get("error"), dict) else body
+        code = err.get("code")
+        return str(err["message"])[:300], (str(code) if code is not None else None)
     except Exception:                             # not an OpenAI-style error body
-        return e.reason if isinstance(e.reason, str) else str(e.code)
+        return (e.reason if isinstance(e.reason, str) else str(e.code)), None
 
 
 def _retry_after(value):
@@ -163,6 +190,39 @@ def _retry_after(value):
         return None                                # absent, or an HTTP date (rare): use the backoff
 
 
+
+# ----------------------------------------------------------------------------- the teacher's context
+
+CONTEXT_KEYS = ("max_model_len", "context_length")     # vLLM; OpenRouter and other OpenAI-compatible servers
+_CONTEXT = re.compile(r"context (?:length|window)", re.I)
+_SAYS_CONTEXT = re.compile(r"maximum context length is (\d+)", re.I)
+_SAYS_PROMPT = re.compile(r"(\d+) in the messages|prompt has (\d+)|request has (\d+) input tokens|"
+                          r"messages resulted in (\d+) tokens", re.I)
+
+
+def context_length(entry):
+    """The context (tokens) a GET /models entry reports, or None when it reports none."""
+    for key in CONTEXT_KEYS:
+        v = entry.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def context_exceeded(err):
+    """For a TeacherError that says the request does not fit the model's context: (context, prompt tokens), each
+    None where the message does not say it; for any other error: None. Recognised: HTTP 400 with the code
+    `context_length_exceeded` (OpenAI, our server.py) or a message about the context length (vLLM)."""
+    if not isinstance(err, TeacherError) or err.status != 400:
+        return None
+    if err.code != "context_length_exceeded" and not _CONTEXT.search(err.detail):
+        return None
+    ctx, prompt = _SAYS_CONTEXT.search(err.detail), _SAYS_PROMPT.search(err.detail)
+    return (int(ctx.group(1)) if ctx else None,
+            int(next(g for g in prompt.groups() if g)) if prompt else None)
+
+
+# ----------------------------------------------------------------------------- the worker pool
 
 class WorkerPool:
     """A bounded pool of daemon threads: submit(job) runs fn(job) on one of them; results() yields (job, result,

@@ -1,26 +1,24 @@
-"""Text side of selfinstruct.py (PolyLM §6, MultiAlpaca): script-aware tokens, fast ROUGE-L against a growing pool,
-the numbered-task parser and the per-language filters. Pure functions and small classes, no I/O, no network.
+"""Text side of selfinstruct.py (PolyLM §6, MultiAlpaca): fast ROUGE-L against a growing pool, the numbered-task
+parser and the per-language filters. Pure functions and small classes, no I/O, no network.
 
 Why not the original self-instruct code: it drops every instruction whose first character is not ASCII, and its
 ROUGE scorer (rouge_score's default tokenizer) keeps only [a-z0-9], so a Japanese, Thai or Russian instruction has
 no tokens at all, scores 0 against everything and is never recognised as a near-duplicate. Here:
 
-  tokens(text)   NFKC, lower-case, Arabic harakat/tatweel removed; Han, kana, Hangul, Thai, Lao, Khmer and Myanmar
-                 are one token per character (a base letter with its combining marks), every other run of letters
-                 and digits is one token (a word). So "この文章を要約して" and "Resume este texto" both score.
-  rouge_l(a, b)  ROUGE-L F1 (beta = 1, as rouge_score) = 2 LCS / (|a| + |b|), LCS by the bit-parallel algorithm
-                 of Allison & Dix / Hyyro (one Python big-int step per token instead of an |a| x |b| table).
+  tokens(text)   tasks/metrics.rouge_tokens, the repo's one script-aware tokenizer (NFKC, lower-case, Arabic
+                 harakat removed; Han, kana, Thai, Lao, Khmer, Myanmar one grapheme cluster per token, Hangul one
+                 syllable per token, every other run of letters and digits one word). So "この文章を要約して" and
+                 "Resume este texto" both score. ROUGE-L and its bit-parallel LCS are tasks/metrics.py's too.
   RougeIndex     a per-language pool. A query first bounds every entry at once with numpy (LCS <= the multiset
                  overlap of the two token bags, so F1 <= 2 overlap / (|a| + |b|)) and runs the exact LCS only on
                  entries whose bound can still beat the best score found (branch and bound): exact maximum, a few
-                 ms on a pool of 15K (docs/BENCHMARKS.md (selfinstruct section)).
+                 ms on a pool of 15K (bench/bench_selfinstruct.py; docs/BENCHMARKS.md, selfinstruct section).
   parse_tasks    numbered `N. Instruction: / N. Input: / N. Output:` lists, tolerant of preambles, markdown bold,
                  full-width digits, localised labels and `###` separators; malformed tasks are counted, never raised.
   Filters        length limits in words (scaled per script: characters for CJK/Thai), a blacklist of things a text
                  model cannot do (images, files, audio, ...) per language, first-character check that knows
                  Spanish "¿" and Japanese 「, and exact duplicates by normalised (instruction, input).
 """
-import re
 import unicodedata
 from array import array
 from collections import Counter
@@ -28,26 +26,14 @@ from collections import Counter
 import numpy as np
 import regex
 
-# ----------------------------------------------------------------------------- tokens
+from common import SPACELESS
+from tasks.metrics import lcs_len, lcs_masks, normalize
+from tasks.metrics import rouge_tokens as tokens
 
-CHAR_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\u30fc\u3005"
-_TOKEN = regex.compile(rf"(?V1)[{CHAR_SCRIPTS}]\p{{M}}*"                                  # one CJK/Thai character
-                       rf"|[[\p{{L}}\p{{N}}]--[{CHAR_SCRIPTS}]][[\p{{L}}\p{{N}}\p{{M}}]--[{CHAR_SCRIPTS}]]*")  # a word
-_ARABIC_MARKS = re.compile("[\u0640\u064b-\u065f\u0670]")    # tatweel and harakat: vocalised = unvocalised
-CHAR_LANGS = {"ja", "zh", "ko", "th"}                     # languages counted in characters, not words
 # tokens() per English word, measured on data/sample/parallel (total tokens in the language / in English): length
 # limits are set in English words and scaled by this, so "3 to 150 words" means the same amount of text everywhere
 UNITS_PER_WORD = {"ar": 0.72, "de": 0.94, "es": 0.98, "fr": 1.14, "id": 0.87, "ja": 1.71, "ko": 1.84, "pt": 0.98,
                   "ru": 0.79, "th": 3.1, "vi": 1.27, "zh": 1.38}
-
-
-def normalize(text):
-    return _ARABIC_MARKS.sub("", unicodedata.normalize("NFKC", text).lower())
-
-
-def tokens(text):
-    """Script-aware ROUGE tokens: characters for CJK/Thai, words elsewhere (see the module docstring)."""
-    return _TOKEN.findall(normalize(text))
 
 
 def words(text, lang):
@@ -55,37 +41,12 @@ def words(text, lang):
     return len(tokens(text)) / UNITS_PER_WORD.get(lang, 1.0)
 
 
-# ----------------------------------------------------------------------------- ROUGE-L
-
-def _masks(seq):
-    m = {}
-    for i, t in enumerate(seq):
-        m[t] = m.get(t, 0) | (1 << i)
-    return m
+def length_unit(lang):
+    """What one token of tokens() is in a language: characters (zh ja th), syllables (ko), words (the others)."""
+    return "characters" if lang in SPACELESS else "syllables" if lang == "ko" else "words"
 
 
-def lcs_len(a, b, masks_a=None):
-    """Length of the longest common subsequence of two token sequences, bit-parallel: bit i of v is 0 where a[:i+1]
-    has gained a match; each token of b updates all of them with one addition."""
-    if not a or not b:
-        return 0
-    masks = masks_a if masks_a is not None else _masks(a)
-    full = (1 << len(a)) - 1
-    v = full
-    for t in b:
-        m = masks.get(t)
-        if m:
-            u = v & m
-            v = ((v + u) | (v - u)) & full
-    return len(a) - bin(v).count("1")
-
-
-def rouge_l(a, b):
-    """ROUGE-L F1 of two texts (or token lists): 2 LCS / (|a| + |b|)."""
-    a = tokens(a) if isinstance(a, str) else a
-    b = tokens(b) if isinstance(b, str) else b
-    return 2 * lcs_len(a, b) / (len(a) + len(b)) if a and b else 0.0
-
+# ----------------------------------------------------------------------------- ROUGE-L against a pool
 
 class RougeIndex:
     """A growing pool of token sequences with `best(tokens) -> (max ROUGE-L F1, index)`, exact, pruned by numpy
@@ -128,7 +89,7 @@ class RougeIndex:
             return 0.0, -1
         b = self.bounds(toks)
         ids = [self.vocab.get(t, -1 - i) for i, t in enumerate(toks)]   # unknown tokens match nothing
-        masks = _masks(ids)
+        masks = lcs_masks(ids)
         best, arg = 0.0, -1
         cand = np.flatnonzero(b > 0)
         while len(cand):                           # the 64 highest bounds at a time: no full sort of the pool
@@ -232,7 +193,7 @@ def format_task(n, instruction, input="", output=None):
 # ----------------------------------------------------------------------------- filters
 
 # What a text-only model cannot do (Alpaca's English list, per language). "stem*" matches words starting with stem,
-# other entries match whole words (phrases allowed); ja/ko/th/zh entries match anywhere (no spaces to anchor on).
+# other entries match whole words (phrases allowed); Han, kana, Thai and Hangul entries match anywhere.
 BLACKLIST = {
     "en": "image images graph graphs picture pictures file files map maps draw plot go|to video audio music "
           "flowchart diagram",
@@ -258,18 +219,25 @@ BLACKLIST = {
 _AR_PROCLITIC = "(?:وال|بال|فال|كال|لل|ال|و|ف|ب|ل|ك)?"
 
 
+_SUBWORD_SCRIPT = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Hangul}]")
+
+
 def _blacklist_regex(lang):
+    """One regex for a language's entries. Entries in Han, kana or Thai (no spaces to anchor on) and in Hangul (an
+    eojeol glues particles to the noun: 그림을) match anywhere; other entries match whole words or, with "*",
+    words starting with them."""
     entries = [e.replace("|", " ") for e in BLACKLIST.get(lang, "").split()]
     if not entries:
         return None
-    if lang in CHAR_LANGS:
-        return regex.compile("|".join(regex.escape(normalize(e)) for e in entries))
     alts = []
     for e in entries:
         stem = regex.escape(normalize(e.rstrip("*"))).replace(r"\ ", r"\s+")
-        alts.append(stem + (r"[\p{L}\p{M}]*" if e.endswith("*") else r"(?![\p{L}\p{M}])"))
-    pre = _AR_PROCLITIC if lang == "ar" else ""
-    return regex.compile(r"(?<![\p{L}\p{M}])" + pre + "(?:" + "|".join(alts) + ")")
+        if _SUBWORD_SCRIPT.search(e):
+            alts.append(stem)
+        else:
+            alts.append(r"(?<![\p{L}\p{M}])" + (_AR_PROCLITIC if lang == "ar" else "") + stem
+                        + (r"[\p{L}\p{M}]*" if e.endswith("*") else r"(?![\p{L}\p{M}])"))
+    return regex.compile("|".join(alts))
 
 
 _BLACKLIST_RE = {lang: _blacklist_regex(lang) for lang in BLACKLIST}

@@ -22,12 +22,9 @@ import json
 import re
 from pathlib import Path
 
-csv.field_size_limit(1 << 30)
+from common import LANG_NAMES, read_jsonl
 
-LANG_NAMES = {"zh": "Chinese", "en": "English", "es": "Spanish", "de": "German", "fr": "French", "pt": "Portuguese",
-              "ru": "Russian", "it": "Italian", "ar": "Arabic", "ja": "Japanese", "ko": "Korean", "th": "Thai",
-              "vi": "Vietnamese", "id": "Indonesian", "pl": "Polish", "tr": "Turkish", "nl": "Dutch", "he": "Hebrew",
-              "cs": "Czech", "bg": "Bulgarian", "el": "Greek", "hi": "Hindi", "sw": "Swahili", "ur": "Urdu"}
+csv.field_size_limit(1 << 30)
 
 
 class MissingData(FileNotFoundError):
@@ -55,11 +52,6 @@ def _tsv(path):
         return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
-def _jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 # ============================================================================= XCOPA
 # Official format (github.com/cambridgeltl/xcopa, data/<lang>/{val,test}.<lang>.jsonl):
 # {"premise", "choice1", "choice2", "question": "cause"|"effect", "label": 0|1, "idx", "changed"}
@@ -75,7 +67,7 @@ XCOPA_CONNECTIVES = {  # (cause, effect), lm_eval/tasks/xcopa/utils.py
 def load_xcopa(root, lang, split="test"):
     path = _need(Path(root) / lang / f"{'val' if split == 'val' else 'test'}.{lang}.jsonl", f"XCOPA {lang}",
                  "XCOPA is bundled in data/eval/xcopa (id it th tr vi zh); the others: github.com/cambridgeltl/xcopa")
-    return _jsonl(path), [path]
+    return read_jsonl(path, f"XCOPA {lang} ({path.name})"), [path]
 
 
 def xcopa_item(doc, lang):
@@ -306,16 +298,30 @@ def mtg_item(doc, task):
 
 
 # ============================================================================= translation: WMT20, NTREX, Tatoeba
-# - WMT20 (newstest2020; not bundled): either sacrebleu's local files (~/.sacrebleu/wmt20/wmt20.<s>-<t>.src and .ref,
-#   written by `sacrebleu -t wmt20 -l <s>-<t> --echo src`) or the release's plain text / SGML files
-#   (newstest2020-<s><t>-src.<s>.{txt,sgm} + newstest2020-<s><t>-ref.<t>.{txt,sgm}). Pass --wmt20_dir.
+# - WMT20 (newstest2020; not bundled), --wmt20_dir in any of the layouts people have it in (wmt20_files):
+#     sacrebleu's cache, ~/.sacrebleu/wmt20/ (sacrebleu 2.x, dataset/fake_sgml.py + base.py): the tarball unpacked
+#       in raw/ (raw/sgm/newstest2020-deen-src.de.sgm + -ref.en.sgm, every pair) and the pairs asked for so far
+#       extracted as plain lines, wmt20.de-en.src + wmt20.de-en.ref (sacrebleu 1.x named them wmt20.de-en.de +
+#       wmt20.de-en.en);
+#     the official release, data.statmt.org/wmt20/translation-task/test.tgz unpacked: sgm/newstest2020-deen-src.de.sgm
+#       + sgm/newstest2020-deen-ref.en.sgm (also read from the folder itself, from txt/, and as .txt);
+#     OPUS-MT-testsets (github.com/Helsinki-NLP/OPUS-MT-testsets, testsets/): one folder per language pair, 3- or
+#       2-letter codes, line-aligned files: eng-deu/newstest2020.eng + newstest2020.deu (the folder names the
+#       direction), or de-en/newstest2020-deen.de + .en (the file names it; the folder may be either order).
+#   newstest2020 has a different source text per direction (de-en is German-original news, en-de English-original),
+#   so a pair is only read from files of its own direction.
 # - NTREX-128 (bundled slice, data/eval/ntrex/<lang>.txt, line-aligned across languages): the last 110 lines of each
 #   file; the first 10 are the few-shot pool, the last 100 the test set.
 # - Tatoeba (bundled slice, data/eval/tatoeba/en-<xx>.tsv, English<TAB>X): 110 pairs per language that are not in
 #   the training sample; first 10 = few-shot pool, last 100 = test.
 
-WMT20_PAIRS = ["en-de", "de-en", "en-ja", "ja-en", "en-pl", "pl-en", "en-ru", "ru-en", "en-zh", "zh-en"]  # PolyLM langs
 N_SHOT_POOL = 10
+ISO3 = {"zh": "zho", "en": "eng", "es": "spa", "de": "deu", "fr": "fra", "pt": "por", "ru": "rus", "it": "ita",
+        "ar": "ara", "ja": "jpn", "ko": "kor", "th": "tha", "vi": "vie", "id": "ind", "pl": "pol", "tr": "tur",
+        "nl": "nld", "he": "heb"}                 # ISO 639-3 codes of PolyLM's languages (OPUS-MT-testsets folders)
+WMT20_WHERE = ("Run `sacrebleu -t wmt20 -l en-de --echo src > /dev/null` (it caches every pair in ~/.sacrebleu/wmt20) "
+               "and pass --wmt20_dir=~/.sacrebleu/wmt20; or unpack https://data.statmt.org/wmt20/translation-task/"
+               "test.tgz, or clone github.com/Helsinki-NLP/OPUS-MT-testsets, and pass that folder")
 
 
 def _read_sgm(path):
@@ -327,25 +333,41 @@ def _read_lines(path):
     return _read_sgm(path) if str(path).endswith(".sgm") else Path(path).read_text(encoding="utf-8").splitlines()
 
 
+def wmt20_files(root, src, tgt):
+    """Candidate (source file, reference file) pairs of newstest2020 src->tgt under root, in the order tried."""
+    root = Path(root)
+    pair, tag = f"{src}-{tgt}", f"{src}{tgt}"
+    out = []
+    for base in (root, root / "wmt20"):                          # the cache itself, or ~/.sacrebleu above it
+        out += [(base / f"wmt20.{pair}.src", base / f"wmt20.{pair}.ref"),            # sacrebleu 2.x, extracted
+                (base / f"wmt20.{pair}.{src}", base / f"wmt20.{pair}.{tgt}")]         # sacrebleu 1.x, extracted
+        for sub in ("raw/sgm/", "sgm/", "", "txt/", "raw/txt/"):                     # raw/: sacrebleu's unpacked tgz
+            for ext in ("sgm", "txt"):
+                out.append((base / f"{sub}newstest2020-{tag}-src.{src}.{ext}",
+                            base / f"{sub}newstest2020-{tag}-ref.{tgt}.{ext}"))
+    for base in (root, root / "testsets"):                       # OPUS-MT-testsets
+        for s, t in ((ISO3.get(src, src), ISO3.get(tgt, tgt)), (src, tgt)):
+            out.append((base / f"{s}-{t}" / f"newstest2020.{s}", base / f"{s}-{t}" / f"newstest2020.{t}"))
+            for folder in (f"{s}-{t}", f"{t}-{s}"):
+                out.append((base / folder / f"newstest2020-{tag}.{s}", base / folder / f"newstest2020-{tag}.{t}"))
+    return out
+
+
 def load_wmt20(root, src, tgt):
-    root = _need(root, "WMT20", "Run `sacrebleu -t wmt20 -l en-de --echo src > /dev/null` (it caches the files in "
-                 "~/.sacrebleu/wmt20) and pass --wmt20_dir=~/.sacrebleu/wmt20, or unpack "
-                 "https://data.statmt.org/wmt20/translation-task/test.tgz and pass its folder")
+    """(few-shot pool = [], docs [{"src", "ref"}], files read) of newstest2020 src->tgt in any layout of
+    wmt20_files; MissingData when root holds none of them for this pair."""
+    root = _need(root, "WMT20", WMT20_WHERE)
     pair = f"{src}-{tgt}"
-    candidates = [(root / f"wmt20.{pair}.src", root / f"wmt20.{pair}.ref")]
-    for ext in ("txt", "sgm"):
-        for sub in ("", "txt/", "sgm/"):
-            candidates.append((root / f"{sub}newstest2020-{src}{tgt}-src.{src}.{ext}",
-                               root / f"{sub}newstest2020-{src}{tgt}-ref.{tgt}.{ext}"))
-    for s, r in candidates:
-        if s.exists() and r.exists():
+    for s, r in wmt20_files(root, src, tgt):
+        if s.is_file() and r.is_file():
             a, b = _read_lines(s), _read_lines(r)
             if len(a) != len(b):
-                raise ValueError(f"WMT20 {pair}: {s} has {len(a)} lines, {r} has {len(b)}")
+                raise ValueError(f"WMT20 {pair}: {s} has {len(a)} lines, {r} has {len(b)}: they must be line-aligned")
             docs = [{"src": x, "ref": y} for x, y in zip(a, b)]
             return [], docs, [s, r]          # no few-shot pool of its own: shots come from the test set itself
-    raise MissingData(f"WMT20 {pair}: neither wmt20.{pair}.src/.ref nor newstest2020-{src}{tgt}-src.{src}.txt/.sgm "
-                      f"in {root}")
+    raise MissingData(f"WMT20 {pair}: none of wmt20.{pair}.src/.ref, newstest2020-{src}{tgt}-src.{src}.sgm/.txt "
+                      f"(also in sgm/, txt/, raw/sgm/) or {ISO3.get(src, src)}-{ISO3.get(tgt, tgt)}/newstest2020."
+                      f"{ISO3.get(src, src)} in {root}. {WMT20_WHERE}")
 
 
 def load_ntrex(root, src, tgt):

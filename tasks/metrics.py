@@ -1,9 +1,11 @@
-"""Metrics of the PolyLM benchmark (PolyLM paper §5): accuracy, SQuAD-style EM/F1, ROUGE, BLEU/chrF.
+"""Metrics of the PolyLM benchmark (PolyLM paper §5): accuracy, SQuAD-style EM/F1, ROUGE, BLEU/chrF; and the one
+script-aware tokenizer and LCS that every ROUGE in the repo uses (evaluate.py's MTG scores and selfinstruct.py's
+near-duplicate filter, PolyLM §6).
 
 Everything here is a pure function of strings and numbers, so it is tested against hand-computed values.
 
-Scripts without spaces. Chinese, Japanese and Thai are written without spaces between words, so "split on
-whitespace" turns a whole clause into one "word" and any metric built on words collapses to exact match:
+Scripts without spaces. Chinese, Japanese and Thai (common.SPACELESS) are written without spaces between words, so
+"split on whitespace" turns a whole clause into one "word" and any metric built on words collapses to exact match:
   - EM/F1 (TyDiQA-GoldP, SQuAD 1.1 metric): for zh/ja/th we follow MLQA's `mixed_segmentation`: every character of
     those scripts is one token (Thai: one grapheme cluster, so a vowel sign stays with its consonant), other text
     keeps whole words; punctuation is any Unicode P* character. For every other language the normalisation is the
@@ -11,7 +13,16 @@ whitespace" turns a whole clause into one "word" and any metric built on words c
     whitespace), because that is the script the TyDiQA-GoldP authors score with.
   - ROUGE: the common `rouge_score` package lower-cases and then keeps only [a-z0-9] ("non-Latin characters are
     removed"), so a Chinese, Thai, Russian or Arabic summary has zero tokens and ROUGE 0 no matter how good it is.
-    `rouge_tokens` keeps letters and digits of every script and segments zh/ja/th by character as above.
+    `rouge_tokens` normalises (NFKC, lower-case, Arabic harakat and tatweel removed) and keeps letters and digits of
+    every script: one token per grapheme cluster in Han, kana, Thai, Lao, Khmer, Myanmar and Hangul, one token per
+    run of letters/digits elsewhere.
+    Korean is written with spaces (it is not in common.SPACELESS), but a space-separated eojeol glues particles and
+    endings to its stem (그림을 = 그림 + 을; 설명하세요 / 설명해 주세요 / 설명하십시오 ask the same thing), so two
+    Korean sentences that say nearly the same share few whole eojeol and word-level ROUGE-L misses near-duplicates.
+    Hangul is therefore scored by syllable block, the dependency-free stand-in for the morpheme (mecab-ko) tokens
+    Korean ROUGE usually uses. It changes only ROUGE: EM/F1 for Korean stay the SQuAD script's, BLEU uses ko-mecab.
+  - LCS (ROUGE-L): bit-parallel (Allison & Dix 1986, Hyyro 2004): one big-integer step per token of one sequence
+    instead of an |a| x |b| table; selfinstruct_text.RougeIndex runs it against a pool of 15K instructions.
   - BLEU: sacrebleu with the tokenizer the field uses per target language: `zh` for Chinese, `ja-mecab` for Japanese
     (needs `pip install sacrebleu[ja]`; without it we fall back to `char` and say so in the signature), `ko-mecab`
     for Korean when installed (else `13a`), `char` for Thai, `13a` otherwise. chrF needs no tokenizer.
@@ -19,21 +30,36 @@ whitespace" turns a whole clause into one "word" and any metric built on words c
 import collections
 import re
 import string
+import unicodedata
 
 import regex
 
+from common import SPACELESS
+
 # ----------------------------------------------------------------------------- tokenization of any script
 
-NO_SPACE_LANGS = {"zh", "ja", "th"}                         # scored by character (grapheme cluster for Thai)
-_NO_SPACE = r"\p{Han}\p{Hiragana}\p{Katakana}\u30FC\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
-# one grapheme cluster of a script without spaces, or a run of letters/digits/marks of any other script
-_TOKEN = regex.compile(rf"(?=[{_NO_SPACE}])\X|(?:(?![{_NO_SPACE}])[\p{{L}}\p{{N}}\p{{M}}])+")
+# scripts scored one grapheme cluster at a time: those written without spaces, and Hangul (syllables; see above)
+_CHAR_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\u30FC\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Hangul}"
+# one grapheme cluster of those scripts, or a run of letters/digits/marks of any other script
+_TOKEN = regex.compile(rf"(?=[{_CHAR_SCRIPTS}])\X|(?:(?![{_CHAR_SCRIPTS}])[\p{{L}}\p{{N}}\p{{M}}])+")
 _UNI_PUNCT = regex.compile(r"\p{P}")
+_ARABIC_MARKS = re.compile("[\u0640\u064b-\u065f\u0670]")    # tatweel and harakat: vocalised = unvocalised
 
 
 def script_tokens(text):
-    """Letters/digits of every script; zh/ja/th (and lo/km/my) one character per token. Punctuation is dropped."""
+    """Letters/digits of every script; Han, kana, Thai, Lao, Khmer, Myanmar and Hangul one grapheme cluster per
+    token. Punctuation is dropped. No normalisation (rouge_tokens adds it)."""
     return _TOKEN.findall(text)
+
+
+def normalize(text):
+    """NFKC (full-width letters and digits become plain ones), lower-case, Arabic harakat and tatweel removed."""
+    return _ARABIC_MARKS.sub("", unicodedata.normalize("NFKC", text).lower())
+
+
+def rouge_tokens(text):
+    """The ROUGE tokens of a text: script_tokens of the normalised text."""
+    return script_tokens(normalize(text))
 
 
 # ----------------------------------------------------------------------------- extractive QA: EM and F1
@@ -48,7 +74,7 @@ def squad_normalize(s):
 
 def qa_tokens(s, lang):
     """Answer tokens for EM/F1: SQuAD v1.1 for spaced languages, MLQA-style mixed segmentation for zh/ja/th."""
-    if lang in NO_SPACE_LANGS:
+    if lang in SPACELESS:
         s = _UNI_PUNCT.sub(" ", s.lower())
         s = "".join(" " if ch in string.punctuation else ch for ch in s)
         return script_tokens(s)
@@ -75,16 +101,36 @@ def qa_scores(prediction, golds, lang="en"):
     return (max(exact_match(prediction, g, lang) for g in golds), max(f1(prediction, g, lang) for g in golds))
 
 
-# ----------------------------------------------------------------------------- ROUGE (generation)
-
-def rouge_tokens(text):
-    return [t.lower() for t in script_tokens(text)]
-
+# ----------------------------------------------------------------------------- ROUGE (generation, near-duplicates)
 
 def rouge_score_tokens(text):
     """What `rouge_score`'s default tokenizer keeps (lower-case, then only [a-z0-9] runs): shown in the tests to make
     the point that it deletes every non-Latin character. Not used for scoring."""
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def lcs_masks(seq):
+    """{token: bit mask of its positions in seq}, the precomputation of lcs_len (reusable for many comparisons)."""
+    m = {}
+    for i, t in enumerate(seq):
+        m[t] = m.get(t, 0) | (1 << i)
+    return m
+
+
+def lcs_len(a, b, masks_a=None):
+    """Length of the longest common subsequence of two token sequences, bit-parallel: bit i of v is 0 where a[:i+1]
+    has gained a match; each token of b updates all of them with one addition. masks_a: lcs_masks(a), if known."""
+    if not a or not b:
+        return 0
+    masks = masks_a if masks_a is not None else lcs_masks(a)
+    full = (1 << len(a)) - 1
+    v = full
+    for t in b:
+        m = masks.get(t)
+        if m:
+            u = v & m
+            v = ((v + u) | (v - u)) & full
+    return len(a) - bin(v).count("1")
 
 
 def _ngrams(tokens, n):
@@ -97,14 +143,11 @@ def _prf(overlap, n_pred, n_ref):
     return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def _lcs(a, b):
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+def rouge_l(a, b):
+    """ROUGE-L F1 (beta = 1, as rouge_score) of two texts or token lists: 2 LCS / (|a| + |b|)."""
+    a = rouge_tokens(a) if isinstance(a, str) else a
+    b = rouge_tokens(b) if isinstance(b, str) else b
+    return 2 * lcs_len(a, b) / (len(a) + len(b)) if a and b else 0.0
 
 
 def rouge(prediction, reference, tokenize=rouge_tokens):
@@ -115,7 +158,7 @@ def rouge(prediction, reference, tokenize=rouge_tokens):
     for n in (1, 2):
         pn, rn = _ngrams(p, n), _ngrams(r, n)
         out[f"rouge{n}"] = _prf(sum((pn & rn).values()), sum(pn.values()), sum(rn.values()))
-    out["rougeL"] = _prf(_lcs(p, r), len(p), len(r))
+    out["rougeL"] = rouge_l(p, r)
     return out
 
 

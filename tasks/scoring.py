@@ -23,11 +23,13 @@ computes the same numbers with far less work:
      the positions that predict a continuation token, not at every position, through kernels.linear_cross_entropy
      (chunked: the full logits are never materialised).
 
-The tree mask needs the model's blocks run with an explicit mask and position ids (`hidden_tree`, which uses
-model.py's modules); `check_tree_forward` compares it with the model's own forward once and falls back to plain
-batched rows (one row per choice, still one forward per batch) if they ever disagree.
+The tree rows go through the model's own `hidden(idx, pos, attn_mask)` (model.py: position ids per row, and an
+explicit boolean mask (B, 1, T, T), True = may attend; the same arguments its left-padded batched generation uses),
+so there is no second implementation of the blocks here to drift from model.py: tests/test_tasks_scoring.py checks
+that the tree, the rows and the naive scorer give the same numbers.
+
+Imports go one way: tasks/ never imports evaluate.py (bench/bench_scoring.py, a benchmark, may).
 """
-import inspect
 from contextlib import nullcontext
 
 import numpy as np
@@ -119,43 +121,6 @@ def _tree_mask(parent):
     return causal & same
 
 
-def hidden_tree(model, idx, pos, mask):
-    """model.hidden() with explicit position ids (B, T) and attention mask (B, T, T), True = may attend.
-
-    Uses the model's own hidden(idx, pos=..., attn_mask=...) when it has those arguments; otherwise runs model.py's
-    modules in the same order as PolyLM.hidden / Block.forward / CausalSelfAttention.forward, with the mask."""
-    if {"pos", "attn_mask"} <= set(inspect.signature(model.hidden).parameters):
-        return model.hidden(idx, pos=pos, attn_mask=mask[:, None])
-    x = model.wte(idx) + model.wpe(pos)
-    attn_mask = mask[:, None]                                   # (B, 1, T, T), broadcast over heads
-    for block in model.h:
-        a = block.attn
-        h = block.ln_1(x)
-        B, T, C = h.shape
-        q, k, v = a.c_attn(h).split(C, dim=2)
-        q, k, v = (t.view(B, T, a.n_head, C // a.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        x = x + a.c_proj(y.transpose(1, 2).reshape(B, T, C))
-        x = x + block.mlp(block.ln_2(x))
-    return model.ln_f(x)
-
-
-@torch.no_grad()
-def check_tree_forward(model, device="cpu"):
-    """True when hidden_tree with a plain causal mask reproduces the model's own forward (guards against model.py
-    changing under us)."""
-    T = min(16, model.cfg.block_size)
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, model.cfg.vocab_size, (2, T), generator=g).to(device)
-    mask = torch.ones(T, T, dtype=torch.bool, device=device).tril().expand(2, T, T)
-    pos = torch.arange(T, device=device).expand(2, T)
-    try:
-        ours = F.linear(hidden_tree(model, idx, pos, mask), model.wte.weight)
-    except (AttributeError, RuntimeError, TypeError):
-        return False
-    return torch.allclose(ours.float(), model(idx).float(), atol=1e-4, rtol=1e-4)
-
-
 def _rows(requests_by_question, block_size, tree):
     """Rows to run: (tokens, positions, parent, [(request index, targets)]), one per question when it packs."""
     rows, k = [], 0
@@ -180,8 +145,6 @@ def loglik_batched(model, requests_by_question, block_size, device="cpu", autoca
     """Sum log p(continuation | context) for every request of every question, in the flat order of the requests.
 
     requests_by_question: [[(ctx_tokens, cont_tokens), ...] per question]. batch_tokens bounds B x T per forward."""
-    if tree and not check_tree_forward(model, device):
-        tree = False
     rows, n_req = _rows(requests_by_question, block_size, tree)
     order = sorted(range(len(rows)), key=lambda r: -len(rows[r][0]))   # longest first: little padding per batch
     out = np.zeros(n_req)
@@ -203,7 +166,7 @@ def loglik_batched(model, requests_by_question, block_size, device="cpu", autoca
                 mask = torch.eye(T, dtype=torch.bool).repeat(len(batch), 1, 1)   # padding attends to itself only
                 for b, row in enumerate(batch):
                     mask[b, :len(row[0]), :len(row[0])] = _tree_mask(row[2])
-                h = hidden_tree(model, idx.to(device), pos.to(device), mask.to(device))
+                h = model.hidden(idx.to(device), pos=pos.to(device), attn_mask=mask[:, None].to(device))
             else:                                    # plain causal rows: the model's own (faster) forward; right
                 h = model.hidden(idx.to(device))     # padding never changes a causal model's earlier positions
             h = h[torch.tensor(sel_b, device=device), torch.tensor(sel_t, device=device)]   # only needed positions

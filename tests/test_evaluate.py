@@ -1,10 +1,13 @@
-"""evaluate.py: bits-per-byte counts every byte exactly once and matches a hand computation."""
+"""evaluate.py: bits-per-byte counts every byte exactly once and matches a hand computation; the whole suite from
+official-format files; one device/dtype policy (runtime.choose); one clear line (exit 2) per bad input; imports go
+one way (tasks/ never imports evaluate.py)."""
 import math
 
 import numpy as np
 import torch
 
 import evaluate
+import runtime
 from model import PolyLM, preset
 
 
@@ -49,6 +52,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 FIX = Path(__file__).resolve().parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: one thread is fastest (conftest.py)
@@ -69,9 +73,10 @@ def run_dir(tmp_path_factory):
     torch.manual_seed(0)
     (d / "ckpt" / "step_000001").mkdir(parents=True)
     torch.save(PolyLM(cfg).state_dict(), d / "ckpt" / "step_000001" / "model.pt")
+    (d / "ckpt" / "step_000001" / "state.json").write_text(json.dumps({"step": 1}))    # a complete checkpoint
     (d / "ckpt" / "latest").write_text("step_000001")
-    (d / "config.json").write_text(json.dumps({"model": dataclasses.asdict(cfg),
-                                               "train": {"data_dir": str(text), "val_frac": 0.2}}))
+    (d / "config.json").write_text(json.dumps({"model": dataclasses.asdict(cfg), "tokenizer_hash": bpe.tokenizer_hash(
+        d / "tokenizer"), "train": {"data_dir": str(text), "val_frac": 0.2}}))
     return d
 
 
@@ -125,3 +130,87 @@ def test_task_selection_and_errors(run_dir):
         evaluate.resolve_tasks("xcopa2", cfg)
     with pytest.raises(SystemExit):
         evaluate.main(["--ckpt", str(run_dir), "--tasks", "xnli"])
+    with pytest.raises(ValueError, match="task xcopa has none of --langs=en"):        # XCOPA has no English
+        evaluate.resolve_tasks("xcopa", dataclasses.replace(cfg, langs="en"))
+    notes = []
+    assert evaluate.resolve_tasks("understanding", dataclasses.replace(cfg, langs="en"), notes.append) == ["xwinograd"]
+    assert any("skipping xcopa: none of --langs=en" in n for n in notes)
+    assert evaluate.task_langs("xwinograd", dataclasses.replace(cfg, langs="zh, ja")) == ["ja", "zh"]   # task order
+
+
+def test_device_and_dtype_follow_the_one_runtime_policy(run_dir):
+    cfg = evaluate.EvalConfig()
+    assert (cfg.device, cfg.dtype) == ("auto", "auto")                      # as train.py and chat.py
+    out = evaluate.main(["--ckpt", str(run_dir), "--tasks", "xcopa", "--langs", "zh", "--limit", "2",
+                         "--plots", "False"])
+    device, dtype, why = runtime.choose("auto", "auto")
+    assert out["xcopa"]["runtime"] == {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "why": why}
+    if device.type == "cpu" and not runtime.cpu_has_native_bf16():          # e.g. an AVX2-only CPU: fp32, as before
+        assert out["xcopa"]["runtime"]["dtype"] == "float32"
+
+
+def _one_error_line(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_bad_input_is_one_line_and_exit_code_2(run_dir, tmp_path, capsys):
+    before = (run_dir / "results.json").read_bytes() if (run_dir / "results.json").exists() else None
+    base = ["--ckpt", str(run_dir), "--tasks", "xcopa", "--plots", "False"]
+    assert "limit=-1" in _one_error_line(capsys, base + ["--limit=-1"])      # used to drop the last example
+    assert "shots=-2" in _one_error_line(capsys, base + ["--shots=-2"])
+    assert "unknown language code(s) xx" in _one_error_line(capsys, base + ["--langs=zh,xx"])
+    assert "not found" in _one_error_line(capsys, ["--ckpt", str(tmp_path / "nope")])
+    (tmp_path / "afile").write_text("x")
+    assert "is a file" in _one_error_line(capsys, ["--ckpt", str(tmp_path / "afile")])
+    assert "no config.json" in _one_error_line(capsys, ["--ckpt", str(tmp_path)])
+    step = run_dir / "ckpt" / "step_000001"
+    assert f"give its run dir, --ckpt={run_dir}" in _one_error_line(capsys, ["--ckpt", str(step)])
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in _one_error_line(capsys, base + ["--device=cuda"])
+    assert "dtype='float16'" in _one_error_line(capsys, base + ["--dtype=float16"])
+    # a run dir whose tokenizer/ is not the one it was trained with (same size, other merges)
+    import bpe
+    import shutil
+    other = tmp_path / "other_tok"
+    shutil.copytree(run_dir, other)
+    bpe.save(other / "tokenizer", {bytes([i]): (i + 1) % 256 for i in range(256)})
+    assert "tokenizer" in _one_error_line(capsys, ["--ckpt", str(other), "--tasks", "xcopa"])
+    after = (run_dir / "results.json").read_bytes() if (run_dir / "results.json").exists() else None
+    assert after == before                                                   # nothing was written
+
+
+def test_every_entry_point_answers_help(capsys):
+    import importlib.util
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--help"])
+    assert e.value.code == 0 and "--wmt20_dir" in capsys.readouterr().out
+    spec = importlib.util.spec_from_file_location("bench_scoring", ROOT / "bench" / "bench_scoring.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--help"])
+    assert e.value.code == 0 and "--batch_tokens" in capsys.readouterr().out
+
+
+def test_scoring_benchmark_runs_and_checks_agreement(run_dir, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_scoring", ROOT / "bench" / "bench_scoring.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    med = bench.main(["--ckpt", str(run_dir), "--tasks", "xcopa", "--langs", "zh", "--limit", "3", "--runs", "1",
+                      "--dtype", "float32"])
+    assert set(med) == {"naive", "rows", "tree"} and "| tree |" in capsys.readouterr().out
+
+
+def test_tasks_never_import_evaluate():
+    import ast
+    for path in sorted((ROOT / "tasks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] == "evaluate" for n in names), f"{path.name} imports evaluate"
+    assert not (ROOT / "tasks" / "bench.py").exists()                       # it lives in bench/bench_scoring.py

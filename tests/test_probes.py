@@ -73,6 +73,10 @@ def bad_cases(tmp):
         ("plan.py", ["--mfu=0"], "mfu=0.0 must be in (0, 1]"),
         ("plan.py", ["--gpu=V100"], "gpu='V100'"),
         ("curriculum.py", [f"--plot={tmp / 'no-run'}"], "not found"),
+        ("evaluate.py", ["--limit=-1"], "limit=-1"),
+        ("evaluate.py", ["--shots=-2"], "shots=-2"),
+        ("evaluate.py", [f"--ckpt={a_file}"], "a_file"),
+        ("selfinstruct.py", [f"--out={tmp}"], "directory"),
     ]
 
 

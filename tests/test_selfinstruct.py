@@ -1,6 +1,8 @@
-"""selfinstruct.py: script-aware ROUGE-L, the task parser on teacher-style replies built from real MultiAlpaca
-records, the filters and their reasons, the HTTP client (retry/backoff, timeouts, budget, rate limit, key hygiene),
-the whole loop against chat.py's server with a tiny model, resume after a kill, and seed translation."""
+"""selfinstruct.py: the exact ROUGE-L index (the metric itself is tests/test_tasks_metrics.py's), the task parser on
+teacher-style replies built from real MultiAlpaca records, the filters and their reasons, the HTTP client
+(retry/backoff, timeouts, budget, rate limit, key hygiene, the teacher's context), the whole loop against chat.py's
+server with a tiny model, resume after a kill, seed translation, and one clear error per bad input: input files,
+--out, a teacher whose context cannot hold the prompts, a run in which every request failed."""
 import dataclasses
 import http.server
 import json
@@ -20,7 +22,8 @@ import pytest
 
 import selfinstruct as si
 import selfinstruct_text as st
-from selfinstruct_teacher import BudgetExhausted, Teacher, TeacherError
+from selfinstruct_teacher import BudgetExhausted, Teacher, TeacherError, context_exceeded, context_length
+from tasks import metrics as M
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-test-0123456789-secret"
@@ -97,36 +100,6 @@ def reply_from(records, first=4):
 
 # ----------------------------------------------------------------------------- tokens and ROUGE-L
 
-def test_rouge_l_on_known_pairs_in_several_scripts():
-    assert st.rouge_l("the cat sat on the mat", "The cat lay on the mat.") == pytest.approx(5 / 6)
-    # Japanese by character: この文章を + してください in common = 11 of 13 characters each
-    assert st.rouge_l("この文章を要約してください", "この文章を翻訳してください") == pytest.approx(11 / 13)
-    # Thai by character with its marks: สวัสดี = ส|วั|ส|ดี, 4 of the 7 of สวัสดีครับ
-    assert st.tokens("สวัสดีครับ") == ["ส", "วั", "ส", "ดี", "ค", "รั", "บ"]
-    assert st.rouge_l("สวัสดี", "สวัสดีครับ") == pytest.approx(8 / 11)
-    assert st.rouge_l("안녕하세요", "안녕히 가세요") == pytest.approx(2 * 4 / (5 + 6))   # 안녕 세요 by syllable
-    assert st.rouge_l("مَرْحَبًا بِالعالم", "مرحبا بالعالم") == 1.0                     # harakat do not count
-    assert st.rouge_l("Привет, МИР!", "привет мир") == 1.0
-    assert st.rouge_l("Escribe un poema sobre el mar", "Escribe un cuento sobre la montaña") == pytest.approx(6 / 12)
-    assert st.rouge_l("", "x") == 0.0
-    # the original self-instruct scorer (rouge_score's default tokenizer keeps [a-z0-9] only) sees nothing here
-    assert re.sub(r"[^a-z0-9]+", " ", "この文章を要約してください".lower()).split() == []
-
-
-def test_bit_parallel_lcs_equals_dynamic_programming():
-    def dp(a, b):
-        t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-        for i, x in enumerate(a):
-            for j, y in enumerate(b):
-                t[i + 1][j + 1] = t[i][j] + 1 if x == y else max(t[i][j + 1], t[i + 1][j])
-        return t[-1][-1]
-    rng = random.Random(0)
-    for _ in range(500):
-        a = [rng.randrange(6) for _ in range(rng.randrange(70))]
-        b = [rng.randrange(6) for _ in range(rng.randrange(70))]
-        assert st.lcs_len(a, b) == dp(a, b)
-
-
 def test_rouge_index_is_exact_against_brute_force():
     rng = random.Random(1)
     texts = [r["instruction"] for lang in ("es", "ja", "pt") for r in multialpaca(lang)[:200]]
@@ -139,9 +112,9 @@ def test_rouge_index_is_exact_against_brute_force():
         for _ in range(rng.randrange(4)):                     # mutate: drop / insert / replace tokens
             if q:
                 q[rng.randrange(len(q))] = rng.choice(["x", "y", "の", "de"])
-        brute = max(st.rouge_l(q, p) for p in pool)
+        brute = max(M.rouge_l(q, p) for p in pool)
         best, j = index.best(q)
-        assert best == pytest.approx(brute) and st.rouge_l(q, pool[j]) == pytest.approx(brute)
+        assert best == pytest.approx(brute) and M.rouge_l(q, pool[j]) == pytest.approx(brute)
         early, _ = index.best(q, stop_at=0.7)                 # stops at the first >= 0.7, so same side of 0.7
         assert (early >= 0.7) == (brute >= 0.7)
     assert st.RougeIndex().best(["a"]) == (0.0, -1)
@@ -150,7 +123,7 @@ def test_rouge_index_is_exact_against_brute_force():
     index = st.RougeIndex()
     for p in perms:
         index.add(p)
-    assert index.best(q) == (pytest.approx(max(st.rouge_l(q, p) for p in perms)), 150) and index.best(q)[0] > 0.9
+    assert index.best(q) == (pytest.approx(max(M.rouge_l(q, p) for p in perms)), 150) and index.best(q)[0] > 0.9
 
 
 def test_lengths_are_counted_per_script():
@@ -330,32 +303,42 @@ def test_budget_and_rate_limit():
 
 # ----------------------------------------------------------------------------- the whole loop
 
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
-    """chat.py --serve in-process on 127.0.0.1 with a random tiny model (byte tokenizer, 4096-token context)."""
+@contextmanager
+def serve_tiny(root, block_size):
+    """chat.py --serve in-process on 127.0.0.1 with a random tiny model (byte tokenizer, block_size tokens)."""
     torch = pytest.importorskip("torch")
     import bpe
-    import chat
+    import engine
     import server as chat_server
     from model import PolyLM, preset
-    run = tmp_path_factory.mktemp("teacher") / "run"
+    run = root / "run"
     bpe.save(run / "tokenizer", {bytes([i]): i for i in range(256)})
-    mcfg = preset("toy", n_layer=1, n_head=2, n_embd=32, block_size=4096, vocab_size=260)
+    mcfg = preset("toy", n_layer=1, n_head=2, n_embd=32, block_size=block_size, vocab_size=260)
     torch.manual_seed(0)
     (run / "ckpt" / "step_000001").mkdir(parents=True)
     torch.save(PolyLM(mcfg).state_dict(), run / "ckpt" / "step_000001" / "model.pt")
+    (run / "ckpt" / "step_000001" / "state.json").write_text(json.dumps({"step": 1}))    # a complete checkpoint
     (run / "ckpt" / "latest").write_text("step_000001")
     (run / "config.json").write_text(json.dumps({"model": dataclasses.asdict(mcfg)}))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    server = chat_server.Server(chat.Engine.load(run, device="cpu"),
-                                chat.ChatConfig(port=0, api_key=KEY, verbose=False, max_tokens_cap=64))
+    server = chat_server.Server(engine.Engine.load(run, device="cpu"),
+                                chat_server.ServerConfig(port=0, api_key=KEY, verbose=False, max_tokens_cap=64))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server
-    server.close()
-    thread.join(5)
-    torch.set_num_threads(threads)
+    try:
+        yield server
+    finally:
+        server.close()
+        thread.join(5)
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """chat.py --serve with a 4096-token context: room for the prompts."""
+    with serve_tiny(tmp_path_factory.mktemp("teacher"), 4096) as server:
+        yield server
 
 
 def test_whole_loop_against_chat_server_then_resume(tiny_teacher, tmp_path, monkeypatch):
@@ -383,11 +366,21 @@ def test_whole_loop_against_chat_server_then_resume(tiny_teacher, tmp_path, monk
     assert not any(KEY in line for line in logs)
 
 
-def test_a_teacher_that_keeps_failing_is_given_up(tmp_path):
+def test_a_teacher_that_keeps_failing_is_given_up_and_the_run_fails(tmp_path, capsys):
     with fake_teacher(lambda body, n: (400, {}, {"error": {"message": "no such model"}})) as (srv, url):
         logs = []
-        stats = si.generate(cfg_for(tmp_path, langs="es,pt", teacher_url=url, patience=3, concurrency=1),
-                            log=logs.append)
+        with pytest.raises(si.RunFailed, match="all 6 requests of this run failed.*no such model") as e:
+            si.generate(cfg_for(tmp_path, langs="es,pt", teacher_url=url, patience=3, concurrency=1),
+                        log=logs.append)
+        stats = e.value.stats
+        assert Path(tmp_path / "out.jsonl.summary.md").exists()            # the report is written all the same
+        with pytest.raises(SystemExit) as ex:                               # the CLI: exit 2, one line, no traceback
+            si.main(["--langs=es", f"--teacher_url={url}", "--model=m", f"--out={tmp_path / 'cli.jsonl'}",
+                     "--patience=2", "--concurrency=1", "--plot=False", "--verbose=False",
+                     f"--seeds_dir={tmp_path / 'seeds'}", "--backoff_base=0.001"])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: all 2 requests of this run failed") and "Traceback" not in "".join(err)
     assert [(c["requests"], c["failed"], c["kept"]) for c in stats.values()] == [(3, 3, 0), (3, 3, 0)]
     assert sum("giving up" in line for line in logs) == 2 and any("no such model" in line for line in logs)
 
@@ -468,3 +461,167 @@ def test_cli_accepts_dashes_and_checks_settings(monkeypatch):
         si.parse_langs("ja,xx")
     with pytest.raises(ValueError, match="lang_check"):
         si.check_config(si.SelfInstructConfig(lang_check="instruction,answer"))
+
+
+# ----------------------------------------------------------------------------- the teacher's context
+
+def test_context_errors_are_recognised_in_each_servers_words():
+    def err(status, msg, code=None):
+        return TeacherError(f"HTTP {status}: {msg}", status, code, msg)
+    ours = err(400, "This model's maximum context length is 256 tokens, and the prompt has 2345; shorten it to leave "
+                    "room for the reply", "context_length_exceeded")
+    assert context_exceeded(ours) == (256, 2345)
+    vllm = err(400, "This model's maximum context length is 4096 tokens. However, you requested 5120 tokens (2048 in "
+                    "the messages, 3072 in the completion). Please reduce the length of the messages or completion.")
+    assert context_exceeded(vllm) == (4096, 2048)
+    vllm_new = err(400, "This model's maximum context length is 2048 tokens. However, your request has 3000 input "
+                        "tokens. Please reduce the length of the input messages.")
+    assert context_exceeded(vllm_new) == (2048, 3000)
+    openai = err(400, "Please shorten the input.", "context_length_exceeded")
+    assert context_exceeded(openai) == (None, None)
+    assert context_exceeded(err(400, "no such model")) is None
+    assert context_exceeded(err(500, "maximum context length is 5 tokens")) is None      # a 500 is not that
+    assert context_exceeded(RuntimeError("x")) is None
+    assert context_length({"id": "m", "max_model_len": 4096}) == 4096                   # vLLM
+    assert context_length({"id": "m", "context_length": 8192}) == 8192                  # OpenRouter-style
+    assert context_length({"id": "m", "owned_by": "polylm"}) is None                    # a server that does not say
+
+
+@pytest.mark.parametrize("learnt_from", ["GET /models", "the first 400"])
+def test_context_too_small_for_the_prompts_stops_at_once_against_our_server(tmp_path, capsys, monkeypatch,
+                                                                             learnt_from):
+    """The toy server's context (256 tokens) cannot hold a prompt (1-3K tokens): one line and exit 2, where it used
+    to end with exit 0, 0 records and no word why. server.py may report its context in GET /models (max_model_len,
+    as vLLM does) or not: both ways end the same."""
+    monkeypatch.setenv("SI_TEST_KEY", KEY)
+    if learnt_from == "the first 400":                    # a server whose GET /models does not say
+        monkeypatch.setattr(si, "context_length", lambda entry: None)
+    with serve_tiny(tmp_path / "teacher", 256) as server:
+        reported = [m.get("max_model_len") for m in Teacher(server.url, "", KEY).model_list()] == [256]
+        with pytest.raises(SystemExit) as ex:
+            si.main(["--langs=es,ja", "--per_lang=5", f"--teacher_url={server.url}", "--api_key_env=SI_TEST_KEY",
+                     f"--out={tmp_path / 'out.jsonl'}", f"--seeds_dir={tmp_path / 'seeds'}", "--concurrency=2",
+                     "--plot=False", "--num_demos=2"])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    line = err[0]
+    assert line.startswith("error: teacher ") and "holds 256 tokens" in line and "but a prompt has " in line
+    assert re.search(r"a prompt has (at least )?[\d,]+ tokens \([\d,]+ characters\)", line)
+    assert "--num_demos=1" in line and "longer context" in line and KEY not in line
+    assert Path(tmp_path / "out.jsonl").read_text() == ""                 # nothing kept, nothing invented
+    saved = json.loads(Path(tmp_path / "out.jsonl.stats.json").read_text())
+    failed = sum(v.get("failed", 0) for v in saved["langs"].values())
+    if learnt_from == "GET /models" and reported:                 # known before the first request: none is sent
+        assert failed == 0 and "a prompt has at least " in line
+    else:                                                         # the requests in flight, then the server's count
+        assert 1 <= failed <= 2 and re.search(r"a prompt has [\d,]+ tokens", line)
+
+
+def test_context_reported_by_models_stops_before_any_request(tmp_path):
+    def respond(body, n):
+        return completion("never asked")
+
+    class Models(_Handler):                                   # a vLLM-style listing with max_model_len
+        def do_GET(self):
+            self._send(200, {}, {"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 300}]})
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    srv.respond, srv.seen, srv.lock, srv.daemon_threads = respond, [], threading.Lock(), True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        logs = []
+        with pytest.raises(si.RunFailed, match=r"holds 300 tokens, but a prompt has at least [\d,]+ tokens") as e:
+            si.generate(cfg_for(tmp_path, langs="es", teacher_url=url, model=""), log=logs.append)
+        assert srv.seen == [] and "--num_demos=2" in str(e.value)              # not one POST was sent
+        assert any("context 300 tokens (GET /models)" in line for line in logs)
+        roomy = si.make_teacher(cfg_for(tmp_path, teacher_url=url, model="m"))
+        assert roomy.model == "m" and roomy.context == 300
+        assert si.make_teacher(cfg_for(tmp_path, teacher_url=url, model="other")).context is None
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_vllm_style_context_error_stops_the_run_after_one_request(tmp_path):
+    msg = ("This model's maximum context length is 2048 tokens. However, you requested 5120 tokens (2048 in the "
+           "messages, 3072 in the completion). Please reduce the length of the messages or completion.")
+    with fake_teacher(lambda body, n: (400, {}, {"object": "error", "message": msg, "type": "BadRequestError",
+                                                  "code": 400, "error": {"message": msg, "code": None}})) as (srv, url):
+        with pytest.raises(si.RunFailed, match="holds 2,048 tokens, but a prompt has 2,048 tokens"):
+            si.generate(cfg_for(tmp_path, langs="es,pt", teacher_url=url, concurrency=1), log=lambda s: None)
+    assert len(srv.seen) == 1
+    msg = msg.replace("2048 tokens.", "4096 tokens.")           # the prompt fits; prompt + max_tokens does not
+    with fake_teacher(lambda body, n: (400, {}, {"error": {"message": msg, "code": None}})) as (srv, url):
+        with pytest.raises(si.RunFailed, match=r"holds 4,096 tokens: a prompt of 2,048 tokens leaves 2,048 for the "
+                                               r"reply, and --max_tokens=3072 asks for more: use --max_tokens=2048"):
+            si.generate(cfg_for(tmp_path, out=str(tmp_path / "b.jsonl"), langs="es", teacher_url=url, concurrency=1),
+                        log=lambda s: None)
+
+
+# ----------------------------------------------------------------------------- bad input: one line naming file and line
+
+def test_bad_input_files_name_the_file_and_the_line(tmp_path):
+    seeds = tmp_path / "seed_tasks.jsonl"
+    good = {"id": "seed_task_0", "instruction": "Say hi.", "instances": [{"input": "", "output": "Hi."}]}
+    cases = {
+        b"\xff\n": r"seed_tasks.jsonl:2: not UTF-8 \(byte 0xff\)",
+        b"[1, 2]\n": r"seed_tasks.jsonl:2: a list, not a JSON object",
+        b'{"id": "x", "instruction": "Do.", "instances": "none"}\n': r"seed_tasks.jsonl:2: `instances` must be a list",
+        b'{"id": "x", "instruction": "Do.", "instances": [{"input": 3, "output": "y"}]}\n':
+            r"seed_tasks.jsonl:2: `input` must be a string, got 3 \(int\)",
+        b'{"id": "x", "instruction": "Do.", "instances": [{"inp\n': r"seed_tasks.jsonl:2: not a JSON record",
+    }
+    for bad, message in cases.items():
+        seeds.write_bytes(json.dumps(good).encode() + b"\n" + bad)
+        with pytest.raises(ValueError, match=message):
+            si.english_seeds(seeds)
+    cfg = cfg_for(tmp_path, real_seeds=0)
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds" / "es.jsonl").write_text('{"instruction": "Saluda.", "output": "Hola.", "lang": 7}\n')
+    with pytest.raises(ValueError, match=r"es.jsonl:1: `lang` must be a string, got 7 \(int\)"):
+        si.load_seeds(cfg, "es")
+    out = tmp_path / "out.jsonl"                                  # a resumed output is checked the same way
+    out.write_text('{"id": "es-000000", "instruction": "Saluda.", "input": ["x"], "output": "Hola.", "lang": "es"}\n'
+                   '{"id": "es-000001", "instruction": "Saluda')    # and a torn last line is cut off, not an error
+    with pytest.raises(ValueError, match=r"out.jsonl:1: `input` must be a string"):
+        si.generate(dataclasses.replace(cfg, seeds_dir=str(tmp_path / "none")), log=lambda s: None)
+    assert out.read_text().endswith("}\n")
+    out.write_text('{"id": "es-000000", "instruction": "Saluda.", "output": "Hola."}\n')
+    with pytest.raises(ValueError, match=r"out.jsonl:1: `lang` must be a language code, got nothing"):
+        si.generate(dataclasses.replace(cfg, seeds_dir=str(tmp_path / "none")), log=lambda s: None)
+    # a hand-edited seed file whose last (complete) line has no newline loses nothing when the cache is appended to
+    cache = tmp_path / "seeds" / "pt.jsonl"
+    cache.write_text('{"id": "a", "instruction": "Diga oi.", "output": "Oi."}')
+    si.repair_torn_tail(cache, log=lambda s: None)
+    assert cache.read_text() == '{"id": "a", "instruction": "Diga oi.", "output": "Oi."}\n'
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    (tmp_path / "bad.jsonl").write_bytes(b'{"instruction": "ok", "output": "ok"}\n\xe9\n')
+    (tmp_path / "afile").write_text("x")
+    for args, message in [
+            ([f"--out={tmp_path}"], f"--out={tmp_path} is a directory"),
+            ([f"--out={tmp_path / 'afile' / 'x.jsonl'}"], "is a file, so the folder"),
+            ([f"--english_seeds={tmp_path / 'bad.jsonl'}", "--translate_seeds"], "bad.jsonl:2: not UTF-8"),
+            (["--langs=es,xx"], "unknown language code(s) ['xx']"),
+            (["--max_tokens=0"], "max_tokens=0 must be >= 1")]:
+        with pytest.raises(SystemExit) as ex:                  # later arguments win: the case's own come last
+            si.main(["--teacher_url=http://127.0.0.1:1/v1", "--model=m", "--plot=False",
+                     f"--seeds_dir={tmp_path / 'seeds'}", f"--out={tmp_path / 'o' / 'out.jsonl'}"] + args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert ex.value.code == 2 and len(err) == 1 and message in err[0], (args, err)
+    missing = tmp_path / "new" / "folder" / "out.jsonl"              # a missing folder is made
+    assert si.check_out_path(missing) == missing and missing.parent.is_dir()
+    with pytest.raises(SystemExit) as ex:
+        si.main(["--help"])
+    assert ex.value.code == 0 and "--num_demos" in capsys.readouterr().out
+
+
+def test_prompt_names_the_language_in_english_and_in_itself():
+    from common import LANG_NAMES
+    demos = [{"instruction": "Di hola.", "input": "", "output": "Hola."}]
+    assert "written in Japanese (日本語)." in si.build_prompt("ja", demos, 3)
+    assert "written in English." in si.build_prompt("en", demos, 3)
+    assert set(si.ENDONYMS) <= set(LANG_NAMES) and si.language_name("zh") == "Chinese (中文)"

@@ -110,6 +110,61 @@ def test_wmt20_reads_sacrebleu_files_and_release_sgml():
         B.load_wmt20(FIX / "wmt20", "ja", "en")
 
 
+WMT_DE = ["Das Wetter ist heute schön.", "Wir gehen auf den Markt.", "Die Preise stiegen im März um 3 %."]
+WMT_EN = ["The weather is nice today.", "We are going to the market.", "Prices rose by 3% in March."]
+
+
+def _sgm(path, lines, kind):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    segs = "".join(f'<seg id="{i}">{x}</seg>\n' for i, x in enumerate(lines, 1))
+    path.write_text(f'<{kind} setid="newstest2020" srclang="any">\n<doc sysid="ref" docid="d" genre="news" '
+                    f'origlang="de">\n{segs}</doc>\n</{kind}>\n', encoding="utf-8")
+
+
+def _plain(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+
+
+WMT20_LAYOUTS = {   # name: how to lay out de->en (German source WMT_DE, English reference WMT_EN) under a folder
+    "sacrebleu 2.x extracted": lambda d: (_plain(d / "wmt20.de-en.src", WMT_DE), _plain(d / "wmt20.de-en.ref", WMT_EN)),
+    "sacrebleu 1.x extracted": lambda d: (_plain(d / "wmt20.de-en.de", WMT_DE), _plain(d / "wmt20.de-en.en", WMT_EN)),
+    "sacrebleu raw/ (tgz unpacked)": lambda d: (_sgm(d / "raw/sgm/newstest2020-deen-src.de.sgm", WMT_DE, "srcset"),
+                                                _sgm(d / "raw/sgm/newstest2020-deen-ref.en.sgm", WMT_EN, "refset")),
+    "official sgm/": lambda d: (_sgm(d / "sgm/newstest2020-deen-src.de.sgm", WMT_DE, "srcset"),
+                                _sgm(d / "sgm/newstest2020-deen-ref.en.sgm", WMT_EN, "refset")),
+    "official, flat": lambda d: (_sgm(d / "newstest2020-deen-src.de.sgm", WMT_DE, "srcset"),
+                                 _sgm(d / "newstest2020-deen-ref.en.sgm", WMT_EN, "refset")),
+    "OPUS-MT-testsets, 3-letter": lambda d: (_plain(d / "deu-eng/newstest2020.deu", WMT_DE),
+                                             _plain(d / "deu-eng/newstest2020.eng", WMT_EN)),
+    "OPUS-MT-testsets, 2-letter": lambda d: (_plain(d / "de-en/newstest2020.de", WMT_DE),
+                                             _plain(d / "de-en/newstest2020.en", WMT_EN)),
+    "OPUS-MT-testsets, direction in the name": lambda d: (_plain(d / "testsets/de-en/newstest2020-deen.de", WMT_DE),
+                                                          _plain(d / "testsets/de-en/newstest2020-deen.en", WMT_EN)),
+}
+
+
+@pytest.mark.parametrize("layout", list(WMT20_LAYOUTS))
+def test_wmt20_reads_the_layouts_people_have(tmp_path, layout):
+    WMT20_LAYOUTS[layout](tmp_path)
+    pool, docs, files = B.load_wmt20(tmp_path, "de", "en")
+    assert pool == [] and docs == [{"src": d, "ref": e} for d, e in zip(WMT_DE, WMT_EN)] and len(files) == 2
+    with pytest.raises(B.MissingData, match="WMT20 en-de: none of"):        # the other direction is another test
+        B.load_wmt20(tmp_path, "en", "de")                                  # set: never read backwards
+
+
+def test_wmt20_finds_sacrebleus_cache_from_above_and_says_where_to_get_it(tmp_path):
+    WMT20_LAYOUTS["sacrebleu 2.x extracted"](tmp_path / "wmt20")
+    # --wmt20_dir=~/.sacrebleu (one folder above the cache) works too
+    assert B.load_wmt20(tmp_path, "de", "en")[1][0] == {"src": WMT_DE[0], "ref": WMT_EN[0]}
+    _plain(tmp_path / "wmt20" / "wmt20.en-de.src", WMT_EN)
+    _plain(tmp_path / "wmt20" / "wmt20.en-de.ref", WMT_DE[:2])
+    with pytest.raises(ValueError, match="3 lines.*2: they must be line-aligned"):
+        B.load_wmt20(tmp_path, "en", "de")
+    with pytest.raises(B.MissingData, match="sacrebleu -t wmt20"):
+        B.load_wmt20(tmp_path / "nowhere", "de", "en")
+
+
 def test_data_hash_changes_with_content(tmp_path):
     a = tmp_path / "a.txt"
     a.write_text("x")
@@ -142,4 +197,5 @@ def test_bundled_translation_slices_are_aligned():
     assert len(pool) == 10 and len(docs) == 90 and all(d["src"] and d["ref"] for d in docs)
     readme = (EVAL / "README.md").read_text(encoding="utf-8")
     assert "CC BY-SA 4.0" in readme and (EVAL / "LICENSES" / "NTREX__LICENSE.md").exists()
-    assert json.loads(json.dumps(B.LANG_NAMES))["th"] == "Thai"
+    from common import LANG_NAMES
+    assert json.loads(json.dumps(LANG_NAMES))["th"] == "Thai" and B.LANG_NAMES is LANG_NAMES   # one table

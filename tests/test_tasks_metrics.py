@@ -1,5 +1,8 @@
-"""tasks/metrics.py against hand-computed values; BLEU/chrF against sacrebleu itself."""
+"""tasks/metrics.py against hand-computed values; BLEU/chrF against sacrebleu itself; the one script-aware ROUGE
+tokenizer and bit-parallel LCS that evaluate.py (MTG) and selfinstruct.py (near-duplicates) share."""
 import math
+import random
+import re
 
 import pytest
 
@@ -55,6 +58,53 @@ def test_rouge_is_script_aware_where_rouge_score_sees_nothing():
     except ImportError:
         return
     assert rouge_scorer.RougeScorer(["rouge1"]).score(ref, pred)["rouge1"].fmeasure == 0.0
+
+
+def test_rouge_l_on_known_pairs_in_several_scripts():
+    assert M.rouge_l("the cat sat on the mat", "The cat lay on the mat.") == pytest.approx(5 / 6)
+    # Japanese by character: この文章を + してください in common = 11 of 13 characters each
+    assert M.rouge_l("この文章を要約してください", "この文章を翻訳してください") == pytest.approx(11 / 13)
+    # Thai by character with its marks: สวัสดี = ส|วั|ส|ดี, 4 of the 7 of สวัสดีครับ
+    assert M.rouge_tokens("สวัสดีครับ") == ["ส", "วั", "ส", "ดี", "ค", "รั", "บ"]
+    assert M.rouge_l("สวัสดี", "สวัสดีครับ") == pytest.approx(8 / 11)
+    assert M.rouge_l("안녕하세요", "안녕히 가세요") == pytest.approx(2 * 4 / (5 + 6))   # 안녕 세요 by syllable
+    assert M.rouge_l("مَرْحَبًا بِالعالم", "مرحبا بالعالم") == 1.0                     # harakat do not count
+    assert M.rouge_l("Привет, МИР!", "привет мир") == 1.0
+    assert M.rouge_l("Escribe un poema sobre el mar", "Escribe un cuento sobre la montaña") == pytest.approx(6 / 12)
+    assert M.rouge_l("", "x") == 0.0
+    # the original self-instruct scorer (rouge_score's default tokenizer keeps [a-z0-9] only) sees nothing here
+    assert re.sub(r"[^a-z0-9]+", " ", "この文章を要約してください".lower()).split() == []
+    assert M.rouge("この文章を要約してください", "この文章を翻訳してください")["rougeL"] == pytest.approx(11 / 13)
+
+
+def test_korean_is_spaced_but_rouge_counts_its_syllables():
+    from common import SPACELESS
+    assert "ko" not in SPACELESS and SPACELESS == {"zh", "ja", "th"}
+    # an eojeol glues particles and endings to the stem: the same request, politely or not, shares no whole eojeol
+    a, b = "이 그림을 설명하세요", "이 그림에 대해 설명해 주세요"
+    assert M.rouge_l(a.split(), b.split()) == pytest.approx(2 * 1 / (3 + 5))        # only "이" in common
+    assert M.rouge_tokens("그림을 그려") == ["그", "림", "을", "그", "려"]
+    assert M.rouge_l(a, b) == pytest.approx(2 * 7 / (9 + 12))       # by syllable: 이 그 림 설 명 세 요 in common
+    # EM/F1 stay the SQuAD script's for Korean (whitespace words), as the TyDiQA-GoldP authors score it
+    assert M.qa_tokens("서울 특별시", "ko") == ["서울", "특별시"]
+    # full-width forms are the same letters (NFKC)
+    assert M.rouge_tokens("ＧＰＴ４") == ["gpt4"]
+
+
+def test_bit_parallel_lcs_equals_dynamic_programming():
+    def dp(a, b):
+        t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i, x in enumerate(a):
+            for j, y in enumerate(b):
+                t[i + 1][j + 1] = t[i][j] + 1 if x == y else max(t[i][j + 1], t[i + 1][j])
+        return t[-1][-1]
+    rng = random.Random(0)
+    for _ in range(500):
+        a = [rng.randrange(6) for _ in range(rng.randrange(70))]
+        b = [rng.randrange(6) for _ in range(rng.randrange(70))]
+        assert M.lcs_len(a, b) == dp(a, b)
+        masks = M.lcs_masks(a)
+        assert M.lcs_len(a, b, masks) == dp(a, b)
 
 
 def test_bleu_chrf_are_sacrebleus_numbers_with_the_right_tokenizer():
