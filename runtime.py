@@ -633,6 +633,11 @@ class Metrics:
     def __init__(self, out_dir, d, kind="", config=None, name=None):
         self.path, self.main, self.kind = Path(out_dir) / "metrics.jsonl", d.main, kind
         self.tb = self.wandb = None
+        if self.main and self.path.exists():                          # a kill mid-write leaves a torn last line:
+            raw = self.path.read_bytes()                               # cut it, so appended records stay readable
+            if raw and not raw.endswith(b"\n"):
+                with open(self.path, "r+b") as f:
+                    f.truncate(raw.rfind(b"\n") + 1)
         if not self.main or not kind:
             return
         if kind == "tensorboard":

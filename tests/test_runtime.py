@@ -133,3 +133,11 @@ def test_live_metrics_to_wandb_offline_when_installed(tmp_path, monkeypatch):
     m.write({"step": 1, "loss": 2.0, "val_bpb": {"en": 3.0}})
     m.close()
     assert list((tmp_path / "wandb").glob("offline-run-*"))           # written locally, nothing uploaded
+
+
+def test_a_torn_last_metrics_line_is_cut_before_appending(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')   # killed mid-write
+    m = runtime.Metrics(tmp_path, runtime.Dist())
+    m.write({"step": 2, "loss": 1.5})
+    assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
+        [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
