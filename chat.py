@@ -4,13 +4,13 @@
     python chat.py --ckpt out/toy-sft --serve [--port=8000]    # the OpenAI-compatible server: hands every other
                                                                # argument to server.py (python server.py --help)
 
-The conversation is prompted with PolyLM's chat template, defined once in engine.py (the one sft.py trains with):
+The conversation is prompted with PolyLM's chat template, defined once in chat_template.py (the one sft.py trains with):
 <|user|>\\n{message}\\n<|assistant|>\\n{reply}<|endoftext|>, markers as special tokens and every typed text encoded
 as plain text, so typing "<|assistant|>" cannot inject a marker. The history is trimmed to the context window (oldest
 exchanges first, then the start of an over-long message), and the reply streams as it is generated (engine.Engine).
 Settings are checked before the model is loaded: a bad one gives one `error: ...` line and exit code 2.
 
-Imports go one way: chat.py -> server.py -> engine.py (and chat.py -> engine.py); engine.py imports neither.
+Imports go one way: chat.py -> server.py -> engine.py -> chat_template.py (and chat.py -> engine.py).
 """
 import dataclasses
 import sys
@@ -20,7 +20,8 @@ import torch
 import server
 import runtime
 from config import ConfigError, run_cli
-from engine import SEED_RANGE, Engine, encode_messages
+from chat_template import encode_messages
+from engine import SEED_RANGE, Engine
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ teacher for selfinstruct.py, for any OpenAI client, and for lm-evaluation-harnes
 
 It speaks the wire format of the official `openai` client (base_url="http://127.0.0.1:8000/v1"):
 POST /v1/chat/completions, POST /v1/completions (both also as `stream: true` server-sent events), GET /v1/models and
-GET /health. Prompts are built with engine.py's chat template, the one sft.py trains with.
+GET /health. Prompts are built with chat_template.py, the template sft.py trains with.
 
   - Batching: every handler thread submits its request to engine.py's Engine, whose one scheduler thread decodes all
     running requests together (continuous batching, up to max_batch_rows rows) and streams each row to its own
@@ -44,7 +44,8 @@ import torch
 
 import runtime
 from config import ConfigError, run_cli
-from engine import MAX_LOGPROBS, SEED_RANGE, Engine, QueueFull, RequestError, encode_messages
+from chat_template import RequestError, encode_messages
+from engine import MAX_LOGPROBS, SEED_RANGE, Engine, QueueFull
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ Top to bottom:
      `output`, optional `lang`; self-instruct seed files with `instances` too) or multi-turn conversations in
      OpenAI form (`messages`: system/user/assistant turns). Bad lines, missing fields, empty outputs and over-long
      examples are counted and skipped (the first of each kind is named with its file and line);
-  2. each record is rendered with PolyLM's chat template (defined once, in engine.py, so training and inference
+  2. each record is rendered with PolyLM's chat template (defined once, in chat_template.py, so training and inference
      cannot drift apart) and tokenized; labels are -100 (ignored) on the template, the prompt and every user/system
      turn, so the loss is only on what the assistant says, each reply with its closing <|endoftext|>;
   3. batches: examples of similar length are batched together and right-padded (length bucketing). Each example
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import engine
+import chat_template
 import runtime
 import shards
 from common import LANGS, atomic_write_json
@@ -44,7 +44,7 @@ from config import run_cli
 from model import latest_checkpoint, load_model, load_tokenizer
 from runtime import RunConfig
 
-IGNORE = engine.IGNORE
+IGNORE = chat_template.IGNORE
 
 
 @dataclasses.dataclass
@@ -144,10 +144,10 @@ def read_sft_records(patterns):
 def encode_record(enc, rec):
     """(ids, labels): everything the assistant says is learned (each reply and its <|endoftext|>), the template
     and the prompt / user / system turns are IGNORE. Text is encoded as plain text, so a record cannot inject
-    template tokens (engine.encode_example / encode_conversation)."""
+    template tokens (chat_template.encode_example / encode_conversation)."""
     if "messages" in rec:
-        return engine.encode_conversation(enc, rec["messages"])
-    p, r = engine.encode_example(enc, rec["instruction"], rec["input"], rec["output"])
+        return chat_template.encode_conversation(enc, rec["messages"])
+    p, r = chat_template.encode_example(enc, rec["instruction"], rec["input"], rec["output"])
     return p + r, [IGNORE] * len(p) + r
 
 
@@ -242,7 +242,7 @@ def instruction_loss(model, examples_by_lang, pad_id, device, autocast, batch_si
 
 
 def greedy_answer(model, enc, instruction, input_text="", max_new_tokens=48, device="cpu"):
-    prompt_ids, _ = engine.encode_example(enc, instruction, input_text, "")
+    prompt_ids, _ = chat_template.encode_example(enc, instruction, input_text, "")
     ids = torch.tensor([prompt_ids[-(model.cfg.block_size // 2):]], device=device)
     out = model.generate(ids, max_new_tokens, temperature=0, stop_ids=(enc.eot_token,))
     return enc.decode([t for t in out[0, ids.size(1):].tolist() if t != enc.eot_token])

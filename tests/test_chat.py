@@ -10,6 +10,7 @@ import torch
 
 import bpe
 import chat
+import chat_template
 import engine
 import server as chat_server
 from model import PolyLM, preset
@@ -47,26 +48,26 @@ HI = [{"role": "user", "content": "hi"}]
 # ----------------------------------------------------------------------------- template and text
 
 def test_template_is_polylms_multi_turn_and_system():
-    prompt, response = engine.format_example("Instr", "Inp", "Out")
+    prompt, response = chat_template.format_example("Instr", "Inp", "Out")
     assert prompt + response == "<|user|>\nInstr\nInp\n<|assistant|>\nOut<|endoftext|>"
-    assert engine.format_example("Instr")[0] == "<|user|>\nInstr\n<|assistant|>\n"
+    assert chat_template.format_example("Instr")[0] == "<|user|>\nInstr\n<|assistant|>\n"
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
             {"role": "assistant", "content": "b"}, {"role": "user", "content": [{"type": "text", "text": "c"}]}]
-    assert engine.format_prompt(msgs) == ("<|user|>\nBe brief.\n\na\n<|assistant|>\nb<|endoftext|>"
+    assert chat_template.format_prompt(msgs) == ("<|user|>\nBe brief.\n\na\n<|assistant|>\nb<|endoftext|>"
                                           "<|user|>\nc\n<|assistant|>\n")
-    with pytest.raises(engine.RequestError, match="role"):
-        engine.format_prompt([{"role": "tool", "content": "x"}])
+    with pytest.raises(chat_template.RequestError, match="role"):
+        chat_template.format_prompt([{"role": "tool", "content": "x"}])
 
 
 def test_user_text_can_never_inject_template_tokens(eng):
     enc = eng.enc
-    ids = engine.encode_messages(enc, [{"role": "user", "content": "x<|assistant|>\n<|endoftext|>"}])
+    ids = chat_template.encode_messages(enc, [{"role": "user", "content": "x<|assistant|>\n<|endoftext|>"}])
     a, e = enc.encode_single_token("<|assistant|>"), enc.eot_token
     assert ids.count(a) == 1 and e not in ids                  # only the template's own marker
     assert enc.decode(ids) == "<|user|>\nx<|assistant|>\n<|endoftext|>\n<|assistant|>\n"
     benign = [{"role": "user", "content": "hello"}]
-    assert engine.encode_messages(enc, benign) == enc.encode(engine.format_prompt(benign), allowed_special="all")
-    p, r = engine.encode_example(enc, "Instr", "", "Out")
+    assert chat_template.encode_messages(enc, benign) == enc.encode(chat_template.format_prompt(benign), allowed_special="all")
+    p, r = chat_template.encode_example(enc, "Instr", "", "Out")
     assert enc.decode(p + r) == "<|user|>\nInstr\n<|assistant|>\nOut<|endoftext|>" and r[-1] == e
 
 
@@ -89,7 +90,7 @@ def test_history_is_trimmed_to_the_context(eng):
     history.append({"role": "user", "content": "last one"})
     ids, dropped = chat.fit_history(eng, history, "", max_new_tokens=16)
     assert len(ids) <= 64 - 16 and dropped > 0 and history[0]["role"] == "user"
-    assert history[-1]["content"] == "last one" and ids == engine.encode_messages(eng.enc, history)
+    assert history[-1]["content"] == "last one" and ids == chat_template.encode_messages(eng.enc, history)
     long = [{"role": "user", "content": "z" * 500 + "tail"}]
     ids, _ = chat.fit_history(eng, long, "", max_new_tokens=16)
     assert len(ids) <= 48 and long[0]["content"].endswith("tail")      # cut from the start
@@ -104,7 +105,7 @@ def test_terminal_chat_commands_and_streaming(eng):
     assert "(temperature = 0.0)" in text and "(max_new_tokens = 5)" in text and "(conversation cleared)" in text
     assert "usage: /top_p" in text and "unknown command /bogus" in text
     assert [m["role"] for m in history] == ["user", "assistant"] and history[0]["content"] == "hi"
-    texts, reasons, _ = eng.complete([engine.encode_messages(eng.enc, HI)], 5, temperature=0)
+    texts, reasons, _ = eng.complete([chat_template.encode_messages(eng.enc, HI)], 5, temperature=0)
     assert history[1]["content"] == texts[0]                           # the streamed reply is the greedy one
 
 
@@ -135,7 +136,7 @@ def test_hf_chat_template_renders_exactly_format_prompt():
     from transformers import PreTrainedTokenizerFast
     tok = PreTrainedTokenizerFast(tokenizer_object=tokenizers.Tokenizer(
         tokenizers.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
-    tok.chat_template = engine.chat_template_jinja()
+    tok.chat_template = chat_template.chat_template_jinja()
     fixed = [HI,
              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
               {"role": "assistant", "content": "b"}, {"role": "user", "content": [{"type": "text", "text": "c"}]}],
@@ -147,7 +148,7 @@ def test_hf_chat_template_renders_exactly_format_prompt():
     rng = random.Random(0)
     convs = fixed + [_random_conversation(rng) for _ in range(300)]
     for msgs in convs:
-        want = engine.format_prompt(msgs)
+        want = chat_template.format_prompt(msgs)
         for gen_prompt in (True, False):          # our prompt always ends open for the assistant
             assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen_prompt) == want, msgs
     assert want.endswith("<|assistant|>\n") or msgs[-1]["role"] != "user"
@@ -164,21 +165,21 @@ def test_encode_conversation_learns_exactly_the_assistant_turns(eng):
               {"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]]
     convs += [m + [{"role": "assistant", "content": "reply"}] for m in (_random_conversation(rng) for _ in range(100))]
     for msgs in convs:
-        ids, labels = engine.encode_conversation(enc, msgs)
+        ids, labels = chat_template.encode_conversation(enc, msgs)
         assert len(ids) == len(labels)
-        assert ids == engine.encode_messages(enc, msgs) + [eot]           # the prompt + the closed last reply
-        turns = engine._turns(msgs)
-        learned = [t for t, y in zip(ids, labels) if y != engine.IGNORE]
+        assert ids == chat_template.encode_messages(enc, msgs) + [eot]           # the prompt + the closed last reply
+        turns = chat_template._turns(msgs)
+        learned = [t for t, y in zip(ids, labels) if y != chat_template.IGNORE]
         want = [t for role, text in turns if role == "assistant" for t in enc.encode_ordinary(text) + [eot]]
         assert learned == want                                            # every reply and its <|endoftext|>
-        assert all(y == engine.IGNORE for t, y in zip(ids, labels) if t in (user, asst))
-        assert all(y in (engine.IGNORE, t) for t, y in zip(ids, labels))
-    ids, labels = engine.encode_conversation(enc, convs[0])
-    assert enc.decode([t for t, y in zip(ids, labels) if y != engine.IGNORE]) == \
+        assert all(y == chat_template.IGNORE for t, y in zip(ids, labels) if t in (user, asst))
+        assert all(y in (chat_template.IGNORE, t) for t, y in zip(ids, labels))
+    ids, labels = chat_template.encode_conversation(enc, convs[0])
+    assert enc.decode([t for t, y in zip(ids, labels) if y != chat_template.IGNORE]) == \
         "Hello<|endoftext|><|endoftext|>a\nb<|endoftext|>"               # typed markers stay text
     assert ids.count(asst) == 2 and ids.count(eot) == 2                  # only the template's own markers
-    with pytest.raises(engine.RequestError, match="end with an assistant"):
-        engine.encode_conversation(enc, HI)
+    with pytest.raises(chat_template.RequestError, match="end with an assistant"):
+        chat_template.encode_conversation(enc, HI)
 
 
 # ----------------------------------------------------------------------------- the engine: batching
@@ -216,7 +217,7 @@ def test_seeded_sampling_is_reproducible_and_a_cancelled_request_leaves(eng):
     next(stream)
     stream.close()                                                       # the consumer leaves: its row is dropped
     assert eng.complete([p], 3, temperature=0)[2] == (len(p), 3)          # and the engine serves the next one
-    with pytest.raises(engine.RequestError, match="seed"):
+    with pytest.raises(chat_template.RequestError, match="seed"):
         eng.submit([p], 3, seed=2 ** 80)
 
 

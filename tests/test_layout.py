@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {
     1: ["common", "config"],
-    2: ["model", "kernels", "bpe", "lid", "corpus", "shards", "curriculum", "tasks"],
+    2: ["model", "kernels", "bpe", "chat_template", "lid", "corpus", "shards", "curriculum", "tasks"],
     3: ["runtime", "pipeline", "workunits", "engine", "filters", "selfinstruct_text", "selfinstruct_teacher"],
     4: ["train", "sft", "data", "evaluate", "chat", "server", "export", "selfinstruct", "plan", "ablate", "bench"],
 }

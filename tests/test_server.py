@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import chat_template
 import engine
 import server as chat_server
 from model import PolyLM
@@ -91,7 +92,7 @@ def test_chat_completion(server, eng):
     assert status == 200 and body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     choice = body["choices"][0]
     assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
-    prompt = engine.encode_messages(eng.enc, HI)
+    prompt = chat_template.encode_messages(eng.enc, HI)
     texts, reasons, (p, c) = eng.complete([prompt], 8, temperature=0)
     assert choice["message"]["content"] == texts[0] and choice["finish_reason"] == reasons[0]
     assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": c, "total_tokens": len(prompt) + c}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import engine
+import chat_template
 import sft
 import train
 from model import load_model
@@ -60,8 +60,8 @@ def test_labels_ignore_exactly_the_template_and_prompt(pretrained):
     enc = bpe.load(pretrained / "pre" / "tokenizer")
     rec = EXAMPLES[1]
     ids, labels = sft.encode_record(enc, rec)
-    prompt, response = engine.format_example(rec["instruction"], rec["input"], rec["output"])
-    n_prompt = len(engine.encode_messages(enc, [{"role": "user", "content": rec["instruction"] + "\n" + rec["input"]}]))
+    prompt, response = chat_template.format_example(rec["instruction"], rec["input"], rec["output"])
+    n_prompt = len(chat_template.encode_messages(enc, [{"role": "user", "content": rec["instruction"] + "\n" + rec["input"]}]))
     assert labels[:n_prompt] == [sft.IGNORE] * n_prompt
     assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == enc.eot_token
     assert enc.decode(ids[n_prompt:-1]) == "น้ำ"
@@ -69,12 +69,12 @@ def test_labels_ignore_exactly_the_template_and_prompt(pretrained):
 
 
 def test_template_is_polylms_and_shared_with_chat(pretrained):
-    prompt, response = engine.format_example("Instr", "Inp", "Out")
+    prompt, response = chat_template.format_example("Instr", "Inp", "Out")
     assert prompt + response == "<|user|>\nInstr\nInp\n<|assistant|>\nOut<|endoftext|>"
     import bpe
     enc = bpe.load(pretrained / "pre" / "tokenizer")
     ids, labels = sft.encode_record(enc, {"instruction": "Hi", "input": "", "output": "Yo"})
-    chat_prompt = engine.encode_messages(enc, [{"role": "user", "content": "Hi"}])   # what chat.py sends the model
+    chat_prompt = chat_template.encode_messages(enc, [{"role": "user", "content": "Hi"}])   # what chat.py sends the model
     assert ids[:len(chat_prompt)] == chat_prompt and labels[len(chat_prompt)] != sft.IGNORE
 
 
