@@ -245,9 +245,13 @@ def run_distributed(fn, cfg):
 
 
 def sum_over_ranks(x, d):
+    """x summed over all ranks. NCCL reduces CUDA tensors only, gloo CPU ones: the tensor lives where the backend
+    wants it."""
     if d.world_size == 1:
         return x
-    t = torch.tensor([float(x)], dtype=torch.float64)
+    on_gpu = dist.get_backend() == "nccl"
+    t = torch.tensor([float(x)], dtype=torch.float64, device=torch.device("cuda", torch.cuda.current_device())
+                     if on_gpu else "cpu")
     dist.all_reduce(t)
     return t.item()
 
