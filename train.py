@@ -233,18 +233,20 @@ def pretrain(cfg, d):
     wrapped = runtime.wrap_model(model, cfg, s)
     optimizer = runtime.make_optimizer(model, cfg, s.device)
     stages, mixer = build_mixer(cfg, s, manifest, shard_dir)
+    streams = val_streams(cfg, shard_dir, manifest, enc)
+    # only now, with everything checked, is out_dir touched
     step = runtime.resume_or_start(resume_from, wrapped, optimizer, mixer, cfg, s)
     write_run_dir(cfg, s, tok_dir, tok_hash, model, shard_dir, mixer)
     metrics = runtime.Metrics(cfg.out_dir, d, cfg.log, dataclasses.asdict(cfg))
-    res = train_loop(cfg, s, model, wrapped, optimizer, mixer, stages, enc, manifest, shard_dir, step, metrics)
+    res = train_loop(cfg, s, model, wrapped, optimizer, mixer, stages, enc, streams, step, metrics)
     metrics.close()
     return res
 
 
-def train_loop(cfg, s, model, wrapped, optimizer, mixer, stages, enc, manifest, shard_dir, step, metrics):
+def train_loop(cfg, s, model, wrapped, optimizer, mixer, stages, enc, streams, step, metrics):
     """6-7: the steps, evaluation and checkpoints, then what a person wants to see at the end."""
     out, d = Path(cfg.out_dir), s.d
-    streams, byte_lens = val_streams(cfg, shard_dir, manifest, enc), token_byte_lengths(enc)
+    byte_lens = token_byte_lengths(enc)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * d.world_size * cfg.block_size
     flops_per_token = model.flops_per_token(cfg.block_size)
     peak = runtime.peak_flops(s.device, s.dtype)
