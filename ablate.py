@@ -25,7 +25,9 @@ the non-English ones ("non_en"):
     Per-language verdicts are 18 tests per arm: about one in 20 is "significant" by chance when nothing differs.
 
 The statistics (Student t without scipy) and the report (EXPERIMENT.md, the figure) are experiment_report.py's;
-tests/test_ablate.py checks them against printed t tables and a hand-computed interval.
+tests/test_ablate.py checks them against printed t tables and a hand-computed interval. Running the runs (a run
+dir's state, the pool of worker processes, each run trained by `python train.py` and then scored) is
+experiment_runs.py's; this file decides what to run and sums it up.
 
 Invariants:
   - every arm has the same budget, max_iters x batch_size x grad_accum x block_size tokens, or is refused
@@ -64,7 +66,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,8 +73,9 @@ from pathlib import Path
 import numpy as np
 
 import config
-from common import LANGS, atomic_write_json, read_jsonl
+from common import LANGS, atomic_write_json
 from experiment_report import fmt_s, mean_ci, paired_diff, pm, signed, t_ppf, write_outputs
+from experiment_runs import cores, read_run_record, run_metrics, run_pool, run_state
 
 ROOT = Path(__file__).resolve().parent
 
@@ -123,8 +125,8 @@ EXPERIMENTS = {
               "natural": [_stages_arg(NATURAL_STAGES)]},
         baseline="stage1", shared={"polylm": "lr/b4-lr2e-3"},
         note="stage1 = PolyLM's stage-1 mix (70% English) held throughout; polylm = stage 1 for 80% of the tokens, "
-             "then 60% non-English incl. 10% bilingual pairs (the toy's default, whose runs it shares with the lr experiment's b4-lr2e-3 arm: the same settings); natural = PolyLM's natural corpus "
-             "mix (68% English, "
+             "then 60% non-English incl. 10% bilingual pairs (the toy's default, whose runs it shares with the lr "
+             "experiment's b4-lr2e-3 arm: the same settings); natural = PolyLM's natural corpus mix (68% English, "
              "the other 32% split equally), as explicit stage weights."),
     "nonen": Experiment(
         question="How much non-English text should curriculum stage 2 hold (30/45/60/75%)?",
@@ -159,8 +161,9 @@ EXPERIMENTS = {
         baseline="lr2e-3", seeds=2,
         train_args=["--batch_size=16", "--max_iters=150", "--warmup_iters=15", "--eval_interval=50"],
         note="lr2e-3 is the toy as it was before this sweep (batch 16 x 150 steps); the sweep chose b4-lr2e-3, "
-             "today's toy default (its runs are shared by the curriculum, nonen and vocab experiments). All arms see the same 614K tokens; b8 takes twice the "
-             "steps at half the batch (b4: 4x), warmup 10% of the steps. min_lr = peak / 10 throughout."),
+             "today's toy default (its runs are shared by the curriculum, nonen and vocab experiments). All arms "
+             "see the same 614K tokens; b8 takes twice the steps at half the batch (b4: 4x), warmup 10% of the "
+             "steps. min_lr = peak / 10 throughout."),
 }
 
 
@@ -204,7 +207,6 @@ class AblateConfig:
     replace_runs: bool = False          # redo run dirs that hold runs with other settings (else: refuse)
     report_only: bool = False           # train nothing: summarise the finished runs
     dry_run: bool = False               # print the plan (runs, budgets, commands) and stop
-    worker: str = ""                    # internal: execute the one run this JSON file describes (a pool job)
 
 
 # ============================================================================= the plan
@@ -214,7 +216,7 @@ class Arm:
     name: str
     overrides: list                     # train.py argv of this arm (without --seed_offset)
     seed_offset: int
-    cfg: object                         # the resolved train.TrainConfig of seed 0 (out_dir/seed are per run)
+    cfg: object                         # the resolved pretraining.TrainConfig of seed 0 (out_dir/seed are per run)
     tokens: int = 0                     # max_iters x batch x accum x block
     flops: float = 0.0                  # training FLOPs of one run
 
@@ -226,7 +228,7 @@ class Run:
     seed: int
     run_dir: Path
     argv: list                          # train.py argv of the run
-    cfg: object                         # its train.TrainConfig
+    cfg: object                         # its pretraining.TrainConfig
 
 
 @dataclasses.dataclass
@@ -263,9 +265,9 @@ def _arm_argv(spec, where):
 
 
 def _parse_train(argv, where):
-    import train
+    import pretraining
     try:
-        cfg = config.parse_args(train.TrainConfig, argv, prog="train.py")
+        cfg = config.parse_args(pretraining.TrainConfig, argv, prog="train.py")
     except config.ConfigError as e:
         raise ExperimentError(f"{where}: {e}") from None
     return cfg
@@ -273,11 +275,11 @@ def _parse_train(argv, where):
 
 def _check_train(cfg, where):
     """train.py's own checks of the settings, now, so that a bad arm fails before any run starts."""
+    import pretraining
     import runtime
-    import train
     try:
         runtime.check_run_config(cfg)
-        train.check_settings(cfg)
+        pretraining.check_settings(cfg)
     except (ValueError, OSError) as e:
         raise ExperimentError(f"{where}: {e}") from None
 
@@ -385,29 +387,7 @@ def make_plan(cfg):
     return Plan(name, question, note, exp_dir, arms, baseline, seeds, cfg.first_seed, runs, common_argv)
 
 
-# ============================================================================= the state of a run dir
-
-EVAL_FILE = "ablate.json"               # in each run dir: the final scores and the time this run trained
-
-
-def _metrics(run_dir):
-    path = Path(run_dir) / "metrics.jsonl"
-    return read_jsonl(path) if path.exists() else []
-
-
-def run_state(run_dir, max_iters):
-    """absent | started (files, no checkpoint: killed before its first save) | checkpoint (can resume) |
-    complete (the eval at max_iters is logged and ckpt/latest names step max_iters)."""
-    d = Path(run_dir)
-    if not d.is_dir() or not any(d.iterdir()):
-        return "absent"
-    latest = d / "ckpt" / "latest"
-    if not latest.exists():
-        return "started"
-    done = latest.read_text().strip() == f"step_{max_iters:06d}" and any(
-        r.get("step") == max_iters and "val_bpb" in r for r in _metrics(d))
-    return "complete" if done else "checkpoint"
-
+# ============================================================================= a run dir against the plan
 
 def settings_mismatch(run, saved):
     """Keys whose value in a run dir's config.json differs from what this experiment asks ('' when none)."""
@@ -423,206 +403,6 @@ def eval_request(plan_cfg, run):
             "final_eval_docs": plan_cfg.final_eval_docs, "split_eval_tokens": plan_cfg.split_eval_tokens}
 
 
-def read_run_record(run_dir):
-    path = Path(run_dir) / EVAL_FILE
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return {}
-
-
-# ============================================================================= one run (a pool job)
-
-def execute(spec):
-    """Train one run (fresh, resumed or started over, as the spec says), then score its final checkpoint on the
-    val sets; the times and scores go to RUN/ablate.json. Returns 'complete' or 'stopped'."""
-    import fcntl
-    import train
-    run_dir = Path(spec["run_dir"])
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(run_dir.parent / f".{run_dir.name}.lock", "w")      # two experiments that share a run: one trains
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        print(f"ablate: {run_dir} is being trained by another ablate.py (an experiment sharing this run); run this "
-              f"one again when that has finished")
-        return "failed"
-    if spec["mode"] != "eval_only":
-        extra = {"fresh": [], "resume": ["--resume=auto"], "overwrite": ["--overwrite=True"]}[spec["mode"]]
-        t = time.time()
-        train.main(spec["argv"] + extra)
-        rec = read_run_record(run_dir)
-        rec["train_wall_s"] = rec.get("train_wall_s", 0.0) + time.time() - t
-        rec["train_invocations"] = rec.get("train_invocations", 0) + 1
-        atomic_write_json(run_dir / EVAL_FILE, rec)
-    if run_state(run_dir, spec["max_iters"]) != "complete":
-        print(f"ablate: {run_dir} stopped before step {spec['max_iters']}; run the experiment again to continue")
-        return "stopped"
-    t = time.time()
-    scores = final_scores(run_dir, spec["eval"])
-    rec = read_run_record(run_dir)
-    rec.update(eval=spec["eval"], scores=scores, eval_wall_s=time.time() - t)
-    atomic_write_json(run_dir / EVAL_FILE, rec)
-    print(f"ablate: scored {run_dir} in {time.time() - t:.1f}s: mean val bpb "
-          f"{np.mean(list(scores['main']['val_bpb'].values())):.4f} ({spec['eval']['val_data'] or 'val split'})")
-    return "complete"
-
-
-def final_scores(run_dir, req):
-    """{"main": {"val_bpb": {lang: bpb}, "tokens", "bytes"}, "split": ...}: the final checkpoint's bits per byte on
-    the first final_eval_docs documents of each val_data/<lang>.txt (NTREX: the same sentences in every language,
-    whatever the tokenizer) and on the first split_eval_tokens tokens of the training data's own val split (what
-    train.py reported before val_data existed). Without val_data, "main" is that split."""
-    import bpe
-    import corpus
-    import runtime
-    import shards
-    import train
-    from model import load_model, load_tokenizer
-    from tasks.bpb import bits_per_byte, token_byte_lengths
-    saved = json.loads((Path(run_dir) / "config.json").read_text())
-    tcfg = train.TrainConfig(**{k: v for k, v in saved["train"].items()
-                                if k in {f.name for f in dataclasses.fields(train.TrainConfig)}})
-    device, dtype, _ = runtime.choose(tcfg.device, tcfg.dtype)
-    model = load_model(run_dir, device=device)
-    enc = load_tokenizer(run_dir)
-    shard_dir = Path(saved["shards"])
-    manifest = shards.load_manifest(shard_dir, bpe.tokenizer_hash(Path(run_dir) / "tokenizer"))
-    byte_lens = token_byte_lengths(enc)
-    n_docs = req["final_eval_docs"] or None
-    split = train.val_streams(dataclasses.replace(tcfg, val_data=""), shard_dir, manifest, enc)
-    sets = {}
-    if req["val_data"]:
-        files = {p.name.split(".")[0]: p for p in sorted(Path(req["val_data"]).glob("*.txt"))}
-        sets["main"] = ({lang: shards.tokenize_documents(enc, list(corpus.read_documents(p))[:n_docs])
-                         for lang, p in files.items() if lang in LANGS}, None)
-        if req["split_eval_tokens"]:
-            sets["split"] = (split, req["split_eval_tokens"])
-    else:
-        sets["main"] = (split, req["split_eval_tokens"] or None)
-    out = {}
-    for key, (streams, max_tokens) in sets.items():
-        res = bits_per_byte(model, streams, byte_lens, tcfg.block_size, tcfg.batch_size, device,
-                            runtime.autocast(device, dtype), max_tokens=max_tokens)
-        out[key] = {"val_bpb": {k: v["val_bpb"] for k, v in res.items()},
-                    "tokens": {k: v["tokens"] for k, v in res.items()}, "bytes": {k: v["bytes"] for k, v in res.items()}}
-    return out
-
-
-# ============================================================================= the pool
-
-def _cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _redirect_output(path):
-    """Point this process's stdout and stderr (file descriptors 1 and 2) at a log file, appending."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-def worker(queue_dir):
-    """A pool process: claim job files from queue_dir/pending/ (an atomic rename, so two processes never take the
-    same one), run each with its output in the job's log, record the outcome in queue_dir/done/; stop when none is
-    left. Runs in one process one after the other (torch is imported once)."""
-    import traceback
-    import torch
-    q = Path(queue_dir)
-    while True:
-        pending = sorted((q / "pending").glob("*.json"))
-        if not pending:
-            return
-        claimed = q / "running" / f"{pending[0].stem}.{os.getpid()}.json"
-        try:
-            os.rename(pending[0], claimed)
-        except OSError:                 # another worker took it first
-            continue
-        spec = json.loads(claimed.read_text())
-        torch.set_num_threads(spec["threads"])
-        Path(spec["log"]).parent.mkdir(parents=True, exist_ok=True)
-        _redirect_output(spec["log"])
-        print(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} ablate.py worker {os.getpid()}: {spec['label']}", flush=True)
-        t, outcome = time.time(), "failed"
-        try:
-            outcome = execute(spec)
-        except SystemExit as e:         # train.py's one-line error (already printed) or a clean exit
-            outcome = "failed" if e.code not in (0, None) else "complete"
-        except Exception:               # a bug or a broken run: keep going with the other jobs
-            traceback.print_exc()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        atomic_write_json(q / "done" / f"{pending[0].stem}.json", {"label": spec["label"], "outcome": outcome,
-                                                                   "wall_s": time.time() - t, "log": spec["log"]})
-        claimed.unlink()
-
-
-def run_pool(specs, queue_dir, n_jobs, threads, say=print):
-    """Run job specs with n_jobs worker processes (`python ablate.py --worker=QUEUE_DIR`), threads torch threads
-    each. Returns ({label: outcome}, 1-minute load averages sampled during the run). Ctrl-C stops the processes this
-    started; their runs keep their checkpoints."""
-    q = Path(queue_dir)
-    for sub in ("pending", "running", "done"):
-        (q / sub).mkdir(parents=True, exist_ok=True)
-        for old in (q / sub).glob("*.json"):        # job files of an earlier, interrupted invocation
-            old.unlink()
-    for i, spec in enumerate(specs):
-        atomic_write_json(q / "pending" / f"{i:04d}.json", spec)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TQDM_MININTERVAL="30",
-               PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "ablate.py"), f"--worker={q}"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(q / f"worker{i}.err", "ab"))
-             for i in range(n_jobs)]
-    outcomes, loads, t_load, started = {}, [os.getloadavg()[0]], time.time(), set()
-    try:
-        while True:
-            alive = [p for p in procs if p.poll() is None]
-            for f in sorted((q / "running").glob("*.json")):
-                if f.name not in started:
-                    started.add(f.name)
-                    say(f"  {json.loads(f.read_text())['label']}: started")
-            for f in sorted((q / "done").glob("*.json")):
-                if f.name not in outcomes:
-                    rec = json.loads(f.read_text())
-                    outcomes[f.name] = rec
-                    status = rec["outcome"] if rec["outcome"] != "failed" else f"FAILED (log {rec['log']})"
-                    say(f"  {rec['label']}: {status} in {fmt_s(rec['wall_s'])} ({len(outcomes)}/{len(specs)})")
-            if not alive:
-                break
-            if time.time() - t_load > 15:
-                loads.append(os.getloadavg()[0])
-                t_load = time.time()
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        raise
-    loads.append(os.getloadavg()[0])
-    result = {rec["label"]: rec for rec in outcomes.values()}
-    for f in (q / "running").glob("*.json"):          # a worker process that died mid-run
-        spec = json.loads(f.read_text())
-        result[spec["label"]] = {"label": spec["label"], "outcome": "failed", "log": spec["log"], "wall_s": 0}
-        f.unlink()
-    for i, p in enumerate(procs):
-        if p.returncode != 0:
-            say(f"  worker {i} exited with code {p.returncode} (see {q / f'worker{i}.err'})")
-    return result, loads
-
-
 # ============================================================================= the experiment
 
 def _experiment_file(plan):
@@ -632,7 +412,7 @@ def _experiment_file(plan):
 def prepare_data(plan, say=print):
     """Train each distinct tokenizer and tokenize the data once, before parallel runs would race to do it."""
     import bpe
-    import train
+    import pretraining
     done = set()
     for a in plan.arms.values():
         c = a.cfg
@@ -640,9 +420,9 @@ def prepare_data(plan, say=print):
         if key in done or c.shards:
             continue
         done.add(key)
-        tok_dir = train.prepare_tokenizer(c, say)
+        tok_dir = pretraining.prepare_tokenizer(c, say)
         enc = bpe.load(tok_dir)
-        train.prepare_shards(c, enc, bpe.tokenizer_hash(tok_dir), tok_dir, say)
+        pretraining.prepare_shards(c, enc, bpe.tokenizer_hash(tok_dir), tok_dir, say)
 
 
 def run_experiment(cfg, plan, say=print):
@@ -662,8 +442,8 @@ def run_experiment(cfg, plan, say=print):
         if mode == "eval_only" and read_run_record(r.run_dir).get("eval") == eval_request(cfg, r):
             continue
         todo.append((r, mode))
-    n_jobs = max(1, min(cfg.jobs or _cores(), len(todo) or 1))
-    threads = cfg.threads or max(1, _cores() // n_jobs)
+    n_jobs = max(1, min(cfg.jobs or cores(), len(todo) or 1))
+    threads = cfg.threads or max(1, cores() // n_jobs)
     start, load_start = time.time(), os.getloadavg()
     inv = {"start": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": len(todo), "jobs": n_jobs, "threads": threads,
            "load_start": [round(x, 2) for x in load_start]}
@@ -698,7 +478,7 @@ def run_experiment(cfg, plan, say=print):
         raise ExperimentError(f"{len(stopped)} of {len(todo)} runs stopped before max_iters (e.g. {stopped[0].run_dir}, "
                               f"stop_at_step); run again without stop_at_step to continue them")
     say(f"{plan.name}: trained and scored {len(todo)} runs in {fmt_s(inv['wall_s'])} (load average mean "
-        f"{inv['load_mean']:.2f}, max {inv['load_max']:.2f} on {_cores()} cores)")
+        f"{inv['load_mean']:.2f}, max {inv['load_max']:.2f} on {cores()} cores)")
     return inv
 
 
@@ -725,7 +505,7 @@ def _with_aggregates(bpb):
 
 def _curve(run):
     """{step: val_bpb dict} of a run's in-training evals (the last record of a step wins: a resumed run repeats)."""
-    return {r["step"]: r["val_bpb"] for r in _metrics(run.run_dir) if "val_bpb" in r}
+    return {r["step"]: r["val_bpb"] for r in run_metrics(run.run_dir) if "val_bpb" in r}
 
 
 def _val_set_info(cfg, plan, s, run_scores):
@@ -801,7 +581,7 @@ def summarise(cfg, plan):
         "val_sets": {s: _val_set_info(cfg, plan, s, [scores[r.run_dir][s] for r in plan.runs]) for s in sets},
         "results": results, "ci_width": ci_width, "curves": curves,
         "timing": {"wall_s": float(sum(i.get("wall_s", 0) for i in exp["invocations"])),
-                   "invocations": exp["invocations"], "cpu": config.cpu_name(), "cores": _cores()},
+                   "invocations": exp["invocations"], "cpu": config.cpu_name(), "cores": cores()},
     }
 
 
@@ -817,8 +597,6 @@ def print_plan(plan, say=print):
 
 
 def run(cfg: AblateConfig):
-    if cfg.worker:
-        return worker(cfg.worker)
     plan = make_plan(cfg)
     if cfg.dry_run:
         return print_plan(plan)
@@ -851,9 +629,9 @@ Arms: --arm NAME="--key=value ..." (train.py keys, plus --seed_offset=K to shift
 def split_argv(argv):
     """The command line -> ablate.py's argv: the experiment name, --arm NAME=... (repeatable) and train.py
     settings are gathered into the experiment/arm/train_args fields; every other key must be ablate.py's."""
-    import train
+    import pretraining
     own = {f.name for f in dataclasses.fields(AblateConfig)}
-    train_keys = {f.name for f in dataclasses.fields(train.TrainConfig)}
+    train_keys = {f.name for f in dataclasses.fields(pretraining.TrainConfig)}
     out, arms, train_args, experiment = [], [], [], []
     i = 0
     while i < len(argv):

@@ -19,10 +19,30 @@ LANG_NAMES = {"zh": "Chinese", "en": "English", "es": "Spanish", "de": "German",
 SPACELESS = frozenset({"zh", "ja", "th"})
 
 
+def _new_file_mode():
+    """The mode open() gives a new file: 0o666 minus the umask (mkstemp's 0o600 would hide a run's files from the
+    other users of a shared cluster)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+NEW_FILE_MODE = _new_file_mode()
+
+
+def temp_sibling(path):
+    """(fd, name) of a new, unique temporary sibling of path (pid + random: two processes never share one), with the
+    mode a plainly created file would have; rename it into place when it is complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp{os.getpid()}-")
+    os.fchmod(fd, NEW_FILE_MODE)
+    return fd, tmp
+
+
 def atomic_write_bytes(path, data):
     """Write data to path through a unique temporary sibling, fsynced, then renamed into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp{os.getpid()}-")
+    fd, tmp = temp_sibling(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

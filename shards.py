@@ -26,12 +26,12 @@ import array
 import json
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from common import temp_sibling
 from corpus import DataError
 
 MAGIC, VERSION, HEADER = b"PLMSHARD", 2, 64
@@ -93,7 +93,7 @@ class ShardWriter:
         self.path, self.n, self.fsync = Path(path), 0, fsync
         self.dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
         self.vocab_size, self.tokenizer_hash = vocab_size, tokenizer_hash
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.tmp{os.getpid()}-")
+        fd, self.tmp = temp_sibling(self.path)
         self.f = os.fdopen(fd, "wb")
         self.f.write(b"\0" * HEADER)                                   # an all-zero header: not a shard until closed
         self.crcs, self.crc, self.in_block = [], 0, 0

@@ -21,7 +21,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -32,7 +31,7 @@ import corpus
 import filters
 import lid
 import shards
-from common import LANGS, atomic_write_json
+from common import LANGS, atomic_write_json, temp_sibling
 from corpus import DataError
 
 
@@ -255,7 +254,7 @@ def _filter_batch(batch, unit, ctx, stats):
 
 def tmp_path(path):
     """A unique temporary sibling of path (pid + random): two processes never write the same temporary file."""
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.tmp{os.getpid()}-")
+    fd, tmp = temp_sibling(path)
     os.close(fd)
     return Path(tmp)
 

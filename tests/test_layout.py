@@ -1,8 +1,7 @@
 """The import structure README.md ("How the code is laid out") describes, checked from the code itself: every file
 imports only from its own floor or below, there are no circles, and no entry point is used as a library (except
-chat.py -> server.py, the hand-over of `chat.py --serve`; ablate.py -> train.py, the experiment runner resolving
-train.py's own settings and running its main in its worker processes; and bench/ timing the functions of evaluate.py
-and selfinstruct.py)."""
+chat.py -> server.py, the hand-over of `chat.py --serve`, and bench/ timing the functions of evaluate.py and
+selfinstruct.py)."""
 import ast
 from pathlib import Path
 
@@ -10,14 +9,13 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {
     1: ["common", "config"],
     2: ["model", "kernels", "bpe", "chat_template", "lid", "corpus", "shards", "curriculum", "tasks"],
-    3: ["runtime", "pipeline", "workunits", "engine", "filters", "selfinstruct_text", "selfinstruct_teacher",
-        "experiment_report"],
+    3: ["runtime", "pretraining", "pipeline", "workunits", "engine", "filters", "selfinstruct_text", "selfinstruct_teacher",
+        "experiment_report", "experiment_runs"],
     4: ["train", "sft", "data", "evaluate", "chat", "server", "export", "selfinstruct", "plan", "ablate", "bench"],
 }
 FLOOR = {m: f for f, ms in FLOORS.items() for m in ms}
-# chat.py --serve hands over to server.py; ablate.py drives train.py (its settings, checks and main); a benchmark
-# measures the functions of the entry point it is about
-ENTRY_IMPORTS_ALLOWED = {("chat", "server"), ("ablate", "train"), ("bench", "evaluate"), ("bench", "selfinstruct")}
+# chat.py --serve hands over to server.py; a benchmark measures the functions of the entry point it is about
+ENTRY_IMPORTS_ALLOWED = {("chat", "server"), ("bench", "evaluate"), ("bench", "selfinstruct")}
 
 
 def module_of(path):

@@ -29,6 +29,26 @@ def test_shard_roundtrip_uint16_and_uint32(tmp_path):
     assert len(shards.read_shard(tmp_path / "e.bin")) == 0
 
 
+def test_atomically_written_files_get_the_mode_of_a_plain_file(tmp_path):
+    """A temporary file is created 0o600; what is renamed into place must not stay so (shards, manifests and run
+    files are read by other users of a shared cluster)."""
+    import os
+    from common import atomic_write_json
+    from workunits import save_npy
+    (tmp_path / "plain").write_text("x")
+    want = (tmp_path / "plain").stat().st_mode & 0o777
+    shards.write_shard(tmp_path / "a.bin", np.arange(10), "ab" * 32, vocab_size=100)
+    atomic_write_json(tmp_path / "b.json", {"a": 1})
+    save_npy(tmp_path / "c.npy", np.arange(3))
+    old = os.umask(0o027)                               # the mode follows the umask of the process, as open() does
+    try:
+        import common
+        assert common._new_file_mode() == 0o640
+    finally:
+        os.umask(old)
+    assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("a.bin", "b.json", "c.npy")] == [want] * 3
+
+
 def test_reading_with_another_tokenizer_is_an_error(tmp_path):
     shards.write_shard(tmp_path / "a.bin", np.arange(10), "ab" * 32, vocab_size=100)
     with pytest.raises(DataError, match="re-tokenize"):
