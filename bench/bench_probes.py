@@ -5,7 +5,8 @@
 
   train     a tiny train.py run is killed with SIGKILL at a random moment (some while a checkpoint is being written:
             POLYLM_CKPT_DELAY widens that window), then resumed with --resume=auto, again and again until it
-            finishes; its loss curve must equal an unbroken run's, step for step.
+            finishes; its loss curve must equal an unbroken run's, step for step. A run that finishes before the
+            next kill lands is checked the same way and a new one started, until all the kills have landed.
   data      `python data.py` with 2 workers is killed at a random moment — the DRIVER alone (its workers live on and
             keep writing), or the whole process group — then rerun; the shards and manifest must be byte-identical
             to an unbroken run's.
@@ -65,25 +66,36 @@ def train_campaign(work, kills, rng):
     subprocess.run(cmd + [f"--out_dir={work / 'ref'}"], cwd=work, env=ENV, check=True, capture_output=True)
     length = time.time() - t0
     ref = losses(work / "ref")
-    run, done, launches = work / "run", 0, 0
-    while True:
-        p = subprocess.Popen(cmd + [f"--out_dir={run}", "--resume=auto"], cwd=work,
-                             env={**ENV, "POLYLM_CKPT_DELAY": "0.3"}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        launches += 1
-        if done < kills:
-            time.sleep(rng.uniform(0.5, length))
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                done += 1
-        if p.wait() == 0:                                  # it ran to the end
+    done, launches, runs, same, failed = 0, 0, 0, 0, []
+    while done < kills:                     # a run that finishes before its kill lands: check it, start another
+        run = work / f"run{runs}"
+        runs += 1
+        while True:
+            p = subprocess.Popen(cmd + [f"--out_dir={run}", "--resume=auto"], cwd=work,
+                                 env={**ENV, "POLYLM_CKPT_DELAY": "0.3"}, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+            launches += 1
+            killed = False
+            if done < kills:
+                time.sleep(rng.uniform(0.5, length))
+                if p.poll() is None:
+                    p.send_signal(signal.SIGKILL)
+                    done, killed = done + 1, True
+            rc = p.wait()
+            if rc == 0:                                    # it ran to the end
+                break
+            if not killed:                                 # it failed on its own: that is a finding, stop here
+                failed.append(f"{run.name}: exit {rc}")
+                break
+        by_step = {}
+        for rec in read_jsonl(run / "metrics.jsonl"):
+            if rec.get("loss") is not None:
+                by_step[rec["step"]] = rec["loss"]                 # the last record of a step wins
+        same += [by_step.get(i + 1) for i in range(len(ref))] == ref  # a re-done step's last record counts
+        if failed:
             break
-    by_step = {}
-    for rec in read_jsonl(run / "metrics.jsonl"):
-        if rec.get("loss") is not None:
-            by_step[rec["step"]] = rec["loss"]                     # the last record of a step wins
-    same = [by_step.get(i + 1) for i in range(len(ref))] == ref     # a re-done step's last record counts
-    return {"kills": done, "launches": launches, "same_losses": same, "unbroken_s": round(length, 1)}
+    return {"kills": done, "launches": launches, "runs": runs, "same_losses": same == runs and not failed,
+            "failed": failed, "unbroken_s": round(length, 1)}
 
 
 def tree_sha(out):
