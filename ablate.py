@@ -43,21 +43,7 @@ Invariants:
     once;
   - outputs (results.json, EXPERIMENT.md, <name>.png) are written to a temp name and renamed; nothing is deleted.
 
-results.json (schema 1):
-  {"schema": 1, "name", "question", "command", "created", "baseline", "seeds", "first_seed", "confidence": 0.95,
-   "t_quantile": {"df", "value", "method"},
-   "arms": {arm: {"overrides": [argv], "seed_offset", "seeds": [int], "run_dirs": [str], "max_iters",
-                  "tokens": budget in tokens, "train_flops", "train_wall_s": [per run]}},
-   "val_sets": {set: {"what", "label", "tokens_per_lang", "bytes_per_lang", ...}},   # set = "main" (val_data:
-        # its first final_eval_docs documents per language) and "split" (the old val split, split_eval_tokens)
-   "results": {set: {"arms": {arm: {key: stat}}, "diffs": {arm: {key: diff}}}},
-        # key = a language code, "mean" (all languages) or "non_en"
-        # stat = {"mean", "sd", "n", "half", "lo", "hi", "values": [per seed]}
-        # diff = stat of arm - baseline over the seed pairs + {"p", "verdict"}
-   "ci_width": {set: {"arm_mean_half", "arm_lang_half", "diff_mean_half", "diff_lang_half"}},  # averages
-   "curves": {arm: {"x": [fraction of the budget], key: {"mean": [...], "half": [...]}}},  # in-training evals
-   "timing": {"wall_s", "invocations": [{"start", "wall_s", "runs", "jobs", "threads", "load_start",
-                                          "load_mean", "load_max", "load_end"}], "cpu", "cores"}}
+results.json: its schema is in experiment_report.py, which writes the report from it.
 
 Ready-made experiments (EXPERIMENTS): curriculum, nonen, vocab, lr — docs/EXPERIMENTS.md has their results.
 """

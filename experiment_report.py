@@ -1,5 +1,5 @@
 """The statistics and the report of an experiment (ablate.py): Student t intervals and paired differences without
-scipy, then EXPERIMENT.md and the figure from a results dict (the schema is in ablate.py's docstring).
+scipy, then EXPERIMENT.md and the figure from a results dict, which ablate.py also writes as results.json.
 
 Statistics, stated once:
   - an arm's mean over n seeds is reported with its 95% Student t half-width, t_{0.975, n-1} * sd / sqrt(n);
@@ -9,6 +9,22 @@ Statistics, stated once:
     0) or "no difference" (it spans 0);
   - the Student t CDF comes from the regularized incomplete beta function (continued fraction, Numerical Recipes
     §6.4 / Lentz's method), its quantile from bisection; tests/test_ablate.py checks both against printed t tables.
+
+results.json (schema 1):
+  {"schema": 1, "name", "question", "command", "created", "baseline", "seeds", "first_seed", "confidence": 0.95,
+   "t_quantile": {"df", "value", "method"},
+   "arms": {arm: {"overrides": [argv], "seed_offset", "seeds": [int], "run_dirs": [str], "max_iters",
+                  "tokens": budget in tokens, "train_flops", "train_wall_s": [per run]}},
+   "val_sets": {set: {"what", "label", "tokens_per_lang", "bytes_per_lang", ...}},   # set = "main" (val_data:
+        # its first final_eval_docs documents per language) and "split" (the old val split, split_eval_tokens)
+   "results": {set: {"arms": {arm: {key: stat}}, "diffs": {arm: {key: diff}}}},
+        # key = a language code, "mean" (all languages) or "non_en"
+        # stat = {"mean", "sd", "n", "half", "lo", "hi", "values": [per seed]}
+        # diff = stat of arm - baseline over the seed pairs + {"p", "verdict"}
+   "ci_width": {set: {"arm_mean_half", "arm_lang_half", "diff_mean_half", "diff_lang_half"}},  # averages
+   "curves": {arm: {"x": [fraction of the budget], key: {"mean": [...], "half": [...]}}},  # in-training evals
+   "timing": {"wall_s", "invocations": [{"start", "wall_s", "runs", "jobs", "threads", "load_start",
+                                          "load_mean", "load_max", "load_end"}], "cpu", "cores"}}
 """
 import math
 import os

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import LANGS, atomic_write_json, read_jsonl
+from common import atomic_write_json, read_jsonl
 from experiment_report import fmt_s
 
 ROOT = Path(__file__).resolve().parent
@@ -113,9 +113,8 @@ def final_scores(run_dir, req):
     whatever the tokenizer) and on the first split_eval_tokens tokens of the training data's own val split (what
     train.py reported before val_data existed). Without val_data, "main" is that split."""
     import bpe
-    import corpus
-    import runtime
     import pretraining
+    import runtime
     import shards
     from model import load_model, load_tokenizer
     from tasks.bpb import bits_per_byte, token_byte_lengths
@@ -128,17 +127,16 @@ def final_scores(run_dir, req):
     shard_dir = Path(saved["shards"])
     manifest = shards.load_manifest(shard_dir, bpe.tokenizer_hash(Path(run_dir) / "tokenizer"))
     byte_lens = token_byte_lengths(enc)
-    n_docs = req["final_eval_docs"] or None
-    split = pretraining.val_streams(dataclasses.replace(tcfg, val_data=""), shard_dir, manifest, enc)
-    sets = {}
+
+    def streams(val_data, max_docs=None):
+        return pretraining.val_streams(dataclasses.replace(tcfg, val_data=val_data), shard_dir, manifest, enc,
+                                       max_docs)
     if req["val_data"]:
-        files = {p.name.split(".")[0]: p for p in sorted(Path(req["val_data"]).glob("*.txt"))}
-        sets["main"] = ({lang: shards.tokenize_documents(enc, list(corpus.read_documents(p))[:n_docs])
-                         for lang, p in files.items() if lang in LANGS}, None)
+        sets = {"main": (streams(req["val_data"], req["final_eval_docs"] or None), None)}
         if req["split_eval_tokens"]:
-            sets["split"] = (split, req["split_eval_tokens"])
+            sets["split"] = (streams(""), req["split_eval_tokens"])
     else:
-        sets["main"] = (split, req["split_eval_tokens"] or None)
+        sets = {"main": (streams(""), req["split_eval_tokens"] or None)}
     out = {}
     for key, (streams, max_tokens) in sets.items():
         res = bits_per_byte(model, streams, byte_lens, tcfg.block_size, tcfg.batch_size, device,

@@ -13,6 +13,7 @@ Invariant: nothing here writes into a run dir; the tokenizer and the shards are 
 tokenizer's hash and the data dir) at most once, and reused after.
 """
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 
@@ -90,6 +91,9 @@ def check_settings(cfg):
     for key in ("init_from", "shards", "tokenizer_dir", "val_data"):
         if getattr(cfg, key) and not Path(getattr(cfg, key)).is_dir():
             raise FileNotFoundError(f"{key}={getattr(cfg, key)!r} is not a directory")
+    if cfg.val_data and not any(p.name.split(".")[0] in LANGS for p in Path(cfg.val_data).glob("*.txt")):
+        raise FileNotFoundError(f"val_data={cfg.val_data!r} holds no <lang>.txt files of the 18 languages "
+                                f"(one document per line, e.g. data/eval/ntrex_val)")
     if not (cfg.shards or cfg.init_from or Path(cfg.data_dir, "mono").is_dir()):
         raise FileNotFoundError(f"data_dir={cfg.data_dir!r} has no mono/ folder; give data_dir (mono/<lang>.txt) or "
                                 f"--shards=DIR (a data.py output)")
@@ -137,15 +141,17 @@ def prepare_shards(cfg, enc, tok_hash, tok_dir, log):
     return shard_dir
 
 
-def val_streams(cfg, shard_dir, manifest, enc):
+def val_streams(cfg, shard_dir, manifest, enc, max_docs=None):
     """Validation token streams per language: val_data's <lang>.txt files tokenized now (a fixed, multi-parallel
-    set makes languages and runs comparable), or the shards' monolingual val split (not the hq.<lang> subsets)."""
+    set makes languages and runs comparable; max_docs: only each file's first documents), or the shards'
+    monolingual val split (not the hq.<lang> subsets)."""
     if cfg.val_data:
         files = {p.name.split(".")[0]: p for p in sorted(Path(cfg.val_data).glob("*.txt"))}
         files = {lang: p for lang, p in files.items() if lang in LANGS}
         if not files:
             raise FileNotFoundError(f"val_data={cfg.val_data!r} holds no <lang>.txt files of the 18 languages")
-        return {lang: shards.tokenize_documents(enc, corpus.read_documents(p)) for lang, p in files.items()}
+        return {lang: shards.tokenize_documents(enc, itertools.islice(corpus.read_documents(p), max_docs))
+                for lang, p in files.items()}
     src = manifest["sources"]
     return {name: v for name, v in shards.load_shards(shard_dir, manifest, "val").items()
             if src[name]["kind"] == "mono" and not src[name].get("hq") and len(v) > 1}

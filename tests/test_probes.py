@@ -53,6 +53,7 @@ def bad_cases(tmp):
         ("train.py", ["--n_head=3"], "not a multiple of n_head=3"),
         ("train.py", [f"--out_dir={a_file}"], "is a file"),
         ("train.py", [f"--shards={a_file}"], "is not a directory"),
+        ("train.py", [f"--val_data={tmp}"], "holds no <lang>.txt files"),
         ("sft.py", ["--eval_interval=0"], "eval_interval=0 must be >= 1"),
         ("sft.py", ["--learning_rate=-1"], "learning_rate=-1.0"),
         ("sft.py", [f"--init_from={tmp / 'none'}"], "holds no checkpoint"),
