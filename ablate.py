@@ -621,7 +621,7 @@ def split_argv(argv):
     out, arms, train_args, experiment = [], [], [], []
     i = 0
     while i < len(argv):
-        arg = config._underscore_key(argv[i])
+        arg = config.underscore_key(argv[i])
         if arg == "--arm":
             if i + 1 == len(argv):
                 raise config.ConfigError("--arm needs a value: --arm NAME=\"--key=value ...\"")
@@ -645,7 +645,7 @@ def split_argv(argv):
                 train_args.append(arg)
             else:
                 raise config.ConfigError(f"unknown key {key!r} (from {argv[i]!r}): neither ablate.py's nor "
-                                         f"train.py's.{config._closest(key, sorted(own | train_keys))}")
+                                         f"train.py's.{config.did_you_mean(key, sorted(own | train_keys))}")
         elif arg.endswith(".py"):
             train_args.append(arg)
         else:

@@ -37,7 +37,7 @@ def field_help(cls):
     return helps
 
 
-def _closest(key, names):
+def did_you_mean(key, names):
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
     return f" Did you mean: {', '.join(close)}?" if close else f" Valid keys: {', '.join(sorted(names))}."
 
@@ -90,7 +90,7 @@ def _read_config_file(path):
             and not callable(v)}
 
 
-def _underscore_key(arg):
+def underscore_key(arg):
     """--per-lang=3 reads like --per_lang=3 (dashes in the key only, never in the value)."""
     if not arg.startswith("--"):
         return arg
@@ -113,7 +113,7 @@ def cpu_name():
 def _join_spaced(argv, defaults, names):
     """Also accept `--key value`, a bare `--flag` (= True for a bool key) and dashes in keys; normalise to `--key=value`."""
     out, i = [], 0
-    argv = [_underscore_key(a) for a in argv]
+    argv = [underscore_key(a) for a in argv]
     while i < len(argv):
         arg = argv[i]
         key = arg[2:]
@@ -149,14 +149,14 @@ def parse_args(cls, argv=None, prog=None, other_file_keys=False):
             if not eq:
                 raise ConfigError(f"argument {arg!r}: write --{key}=VALUE (nanoGPT style)")
             if key not in names:
-                raise ConfigError(f"unknown config key {key!r} (from {arg!r}).{_closest(key, names)}")
+                raise ConfigError(f"unknown config key {key!r} (from {arg!r}).{did_you_mean(key, names)}")
             values[key] = _coerce(key, _literal(raw), getattr(defaults, key), f"argument {arg!r}")
         elif arg.endswith(".py"):
             for key, val in _read_config_file(arg).items():
                 if other_file_keys and key not in names:
                     continue
                 if key not in names:
-                    raise ConfigError(f"config file {arg!r}: unknown key {key!r}.{_closest(key, names)}")
+                    raise ConfigError(f"config file {arg!r}: unknown key {key!r}.{did_you_mean(key, names)}")
                 values[key] = _coerce(key, val, getattr(defaults, key), f"config file {arg!r}")
         else:
             raise ConfigError(f"argument {arg!r}: expected a config file (config/x.py) or --key=value")
